@@ -1,0 +1,181 @@
+"""The `distgan` command line: thin commands over the library.
+
+Heavy modules (torch, accelerate, onnxruntime) are imported inside the
+commands, so `distgan --help` is fast and `distgan sample` never loads torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from distgan import __version__
+from distgan.config import TrainConfig
+from distgan.errors import DistganError
+
+app = typer.Typer(
+    name="distgan",
+    help="Train GANs with Hugging Face Accelerate and export the generator to validated ONNX.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_USER_ERROR = 1
+
+
+def _default(key: str) -> str:
+    """Return the TrainConfig default of `key` as help text shows it (the options themselves default to None)."""
+    return str(TrainConfig.__dataclass_fields__[key].default)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a DistganError into one line on stderr and exit code 1; other ranks stay quiet."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except DistganError as error:
+            # Every rank raises the same error from the same input, so one line is enough.
+            if _rank() == 0:
+                typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+    return wrapper
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"distgan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = None,
+) -> None:
+    """Train GANs with Hugging Face Accelerate and export the generator to validated ONNX."""
+
+
+@app.command()
+@_report_errors
+def train(
+    config: Annotated[Optional[Path], typer.Option(help="TOML file of config keys; command-line options win.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="mnist (default), ring8, grid25, or a folder of PNG/JPEG images.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name; default: the data set's name.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run directory; default: runs/<name>.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="auto, dense or dcgan; auto picks dcgan for images, dense for 2D.")] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Image side in pixels; default: 28 for mnist, 64 for folders.")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="1 (grayscale) or 3 (RGB).")] = None,
+    z_dim: Annotated[Optional[int], typer.Option(help="Latent size; default 64 for images, 8 for 2D data.")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Base layer width of G and D; default 64 (dcgan), 256 (dense).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Global batch size, split evenly over all processes; default {_default('batch_size')}.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help=f"Total training steps (one D and one G update each); default {_default('steps')}.")] = None,
+    lr_g: Annotated[Optional[float], typer.Option(help=f"Adam learning rate of G; default {_default('lr_g')}.")] = None,
+    lr_d: Annotated[Optional[float], typer.Option(help=f"Adam learning rate of D; default {_default('lr_d')}.")] = None,
+    beta1: Annotated[Optional[float], typer.Option(help=f"Adam beta1 of both optimizers; default {_default('beta1')}.")] = None,
+    beta2: Annotated[Optional[float], typer.Option(help=f"Adam beta2 of both optimizers; default {_default('beta2')}.")] = None,
+    loss: Annotated[Optional[str], typer.Option(help=f"logistic (non-saturating) or hinge; default {_default('loss')}.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Seed of every random draw; default {_default('seed')}.")] = None,
+    mixed_precision: Annotated[Optional[str], typer.Option(help="no, bf16 or fp16; default: the accelerate config's.")] = None,
+    cpu: Annotated[Optional[bool], typer.Option("--cpu", help="Train on the CPU even where a GPU is available.")] = None,
+    ema: Annotated[Optional[bool], typer.Option("--ema/--no-ema", help=f"Keep a moving average G_ema of G for samples and export; default {_default('ema')}.")] = None,
+    ema_decay: Annotated[Optional[float], typer.Option(help=f"Decay of G_ema per step; default {_default('ema_decay')}.")] = None,
+    log_every: Annotated[Optional[int], typer.Option(help=f"Steps between metrics.jsonl rows; default {_default('log_every')}.")] = None,
+    sample_every: Annotated[Optional[int], typer.Option(help=f"Steps between sample grids; 0 turns them off; default {_default('sample_every')}.")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help=f"Steps between checkpoints; 0 saves only at the end; default {_default('checkpoint_every')}.")] = None,
+    num_workers: Annotated[Optional[int], typer.Option(help=f"DataLoader worker processes for image folders; default {_default('num_workers')}.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest complete checkpoint.")] = False,
+) -> None:
+    """Train a GAN. Run it plainly or under `accelerate launch -m distgan train ...`."""
+    overrides = {key: value for key, value in locals().items() if key not in ("config", "resume")}
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    from distgan.run import plan_run
+    from distgan.trainer import Trainer
+
+    plan = plan_run(config, overrides, resume)
+    result = Trainer(plan.config, plan.data, resume_from=plan.resume_from).fit()
+    if _rank() == 0:
+        typer.echo(f"done: step {result.step}, run directory {result.run_dir}")
+
+
+@app.command()
+@_report_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory, its generator/ folder, or one checkpoint directory.")],
+    out: Annotated[Optional[Path], typer.Option(help="ONNX file to write; default: <run>/generator.onnx.")] = None,
+    atol: Annotated[float, typer.Option(help="Largest accepted |onnxruntime - PyTorch| difference.")] = 1e-4,
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Export G_ema (default) or the raw generator G.")] = True,
+) -> None:
+    """Export a trained generator to ONNX and check it against PyTorch."""
+    from distgan.export import export_run
+
+    report = export_run(run, out, raw=not ema, opset=opset, atol=atol)
+    typer.echo(f"wrote {report.path} ({report.file_size / 1e6:.2f} MB, {report.exporter} exporter, opset {report.opset}, "
+               f"weights {report.metadata['weights']} at step {report.metadata['step']})")
+    for note in report.notes:
+        typer.echo(f"  note: {note}")
+    typer.echo("  onnx.checker: passed")
+    for result in report.parity:
+        typer.echo(f"  batch {result.batch_size:>2}: max |onnxruntime - PyTorch| = {result.max_abs_diff:.2e} "
+                   f"(tolerance {result.tolerance:.0e}) {'passed' if result.passed else 'FAILED'}")
+    typer.echo(f"  metadata: z_dim={report.metadata['z_dim']} sample_shape={report.metadata['sample_shape']} "
+               f"value_range={report.metadata['value_range']} layout={report.metadata['layout']}")
+
+
+@app.command()
+@_report_errors
+def sample(
+    onnx_file: Annotated[Path, typer.Argument(metavar="ONNX", help="An ONNX file written by distgan export.")],
+    n: Annotated[int, typer.Option(help="Number of samples.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the latents; the same seed gives the same images.")] = 0,
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("samples.png"),
+    providers: Annotated[str, typer.Option(help="auto, cpu or cuda; cuda fails when the session cannot use CUDA.")] = "auto",
+    columns: Annotated[Optional[int], typer.Option(help="Images per row of the grid; default: near-square.")] = None,
+    latents: Annotated[Optional[Path], typer.Option(help="A .npy file of float32 latents [n, z_dim] to use instead of --seed.")] = None,
+) -> None:
+    """Generate samples from an exported ONNX file with onnxruntime (no torch) and save them as a PNG."""
+    import numpy as np
+
+    from distgan.errors import InputError
+    from distgan.imaging import save_grid, save_scatter
+    from distgan.runtime import OnnxGenerator
+
+    generator = OnnxGenerator(onnx_file, providers=providers)
+    if latents is not None:
+        try:
+            z = np.load(latents, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot read latents from {latents}: {error}") from None
+        samples = generator.generate(z)
+    else:
+        samples = generator.sample(n, seed=seed)
+    if generator.kind == "image":
+        save_grid(samples, out, columns)
+    else:
+        save_scatter(samples, out)
+    typer.echo(f"wrote {out} ({len(samples)} samples of shape {list(samples.shape[1:])}, {generator.provider})")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="distgan")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

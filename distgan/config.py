@@ -1,0 +1,218 @@
+"""Typed training configuration: defaults, TOML loading, validation and the resolved record.
+
+A value comes from, in rising priority: the defaults below, a `--config` TOML
+file, then options given on the command line. `resolve()` fills the values
+left as None from the data set (resolution, channels) and the model, and the
+resolved configuration is saved as config.toml in the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from distgan.errors import ConfigError
+
+BUILTIN_DATASETS = ("mnist", "ring8", "grid25")
+MODEL_NAMES = ("auto", "dense", "dcgan")
+LOSS_NAMES = ("logistic", "hinge")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+# Options that may change when a run resumes; every other key must match the saved run.
+RESUMABLE_KEYS = ("steps", "log_every", "sample_every", "checkpoint_every", "num_workers", "cpu")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run. Intervals count optimizer steps."""
+
+    data: str = "mnist"
+    name: str | None = None
+    out: str | None = None
+    model: str = "auto"
+    resolution: int | None = None
+    channels: int | None = None
+    z_dim: int | None = None
+    width: int | None = None
+    batch_size: int = 64
+    steps: int = 3000
+    ema: bool = True
+    ema_decay: float = 0.999
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    loss: str = "logistic"
+    seed: int = 0
+    mixed_precision: str | None = None
+    cpu: bool = False
+    log_every: int = 50
+    sample_every: int = 250
+    checkpoint_every: int = 500
+    num_workers: int = 2
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def run_dir(self) -> Path:
+        if self.out is None:
+            raise ConfigError("the run directory is not resolved yet; call resolve() first")
+        return Path(self.out)
+
+
+def _field_types() -> dict[str, type]:
+    """Map each key to the scalar type its values must have (str, int or float)."""
+    types: dict[str, type] = {}
+    for f in fields(TrainConfig):
+        annotation = str(f.type).split(" ")[0]
+        types[f.name] = {"int": int, "float": float, "bool": bool}.get(annotation, str)
+    return types
+
+
+FIELD_TYPES = _field_types()
+
+
+def unknown_key_message(key: str, source: str) -> str:
+    valid = TrainConfig.keys()
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown config key '{key}' in {source}{hint} Valid keys: {', '.join(valid)}."
+
+
+def coerce_values(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check the keys and value types of a mapping of options and return it with ints widened to floats.
+
+    Raises ConfigError naming the first unknown key or mistyped value.
+    """
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in FIELD_TYPES:
+            raise ConfigError(unknown_key_message(key, source))
+        if value is None:
+            checked[key] = None
+            continue
+        expected = FIELD_TYPES[key]
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            raise ConfigError(
+                f"config key '{key}' in {source} must be {expected.__name__}, got {value!r} ({type(value).__name__})"
+            )
+        checked[key] = value
+    return checked
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a flat TOML file of config keys. Raises ConfigError when it is missing or malformed."""
+    path = Path(path)
+    try:
+        with path.open("rb") as file:
+            values = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    for key, value in values.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"config file {path} has a table [{key}]; write every key at the top level")
+    return coerce_values(values, str(path))
+
+
+def build_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Combine the defaults, an optional TOML file and explicit overrides (None entries are ignored)."""
+    values: dict[str, Any] = {}
+    if file is not None:
+        values.update(load_toml(file))
+    explicit = {key: value for key, value in (overrides or {}).items() if value is not None}
+    values.update(coerce_values(explicit, "the command line"))
+    config = TrainConfig(**values)
+    validate(config)
+    return config
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise ConfigError on the first value that is out of range, naming the option and what is valid."""
+    _require(config.model in MODEL_NAMES, f"invalid model '{config.model}'; choose one of {', '.join(MODEL_NAMES)}")
+    _require(config.loss in LOSS_NAMES, f"invalid loss '{config.loss}'; choose one of {', '.join(LOSS_NAMES)}")
+    _require(
+        config.mixed_precision is None or config.mixed_precision in MIXED_PRECISION,
+        f"invalid mixed_precision '{config.mixed_precision}'; choose one of {', '.join(MIXED_PRECISION)}",
+    )
+    for key in ("batch_size", "steps", "log_every"):
+        _require(getattr(config, key) >= 1, f"{key} must be at least 1, got {getattr(config, key)}")
+    for key in ("sample_every", "checkpoint_every", "num_workers"):
+        _require(getattr(config, key) >= 0, f"{key} must be 0 (off) or more, got {getattr(config, key)}")
+    for key in ("resolution", "channels", "z_dim", "width"):
+        value = getattr(config, key)
+        _require(value is None or value >= 1, f"{key} must be at least 1, got {value}")
+    _require(config.channels in (None, 1, 3), f"channels must be 1 or 3, got {config.channels}")
+    for key in ("lr_g", "lr_d"):
+        value = getattr(config, key)
+        _require(math.isfinite(value) and value > 0, f"{key} must be a positive learning rate, got {value}")
+    for key in ("beta1", "beta2", "ema_decay"):
+        value = getattr(config, key)
+        _require(0.0 <= value < 1.0, f"{key} must be in [0, 1), got {value}")
+    _require(0 <= config.seed < 2**63, f"seed must be in [0, 2**63), got {config.seed}")
+    _require(bool(config.data), "data must name a built-in data set or a folder")
+
+
+def resumed_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """Return the saved configuration of a run with the options that may change on resume applied.
+
+    Raises ConfigError when an override would change a key that determines the training result.
+    """
+    explicit = coerce_values({k: v for k, v in overrides.items() if v is not None}, "the command line")
+    changes: dict[str, Any] = {}
+    for key, value in explicit.items():
+        if key in RESUMABLE_KEYS:
+            changes[key] = value
+        elif getattr(saved, key) != value:
+            raise ConfigError(
+                f"cannot change '{key}' from {getattr(saved, key)!r} to {value!r} when resuming; "
+                f"only {', '.join(RESUMABLE_KEYS)} may change. Start a new run with another --out instead."
+            )
+    config = saved.replace(**changes)
+    validate(config)
+    return config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    # A JSON string is a valid TOML basic string for the characters a config value contains.
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def save_toml(config: TrainConfig, path: str | Path) -> None:
+    """Write the configuration as a flat TOML file; keys whose value is None are left out."""
+    lines = ["# Resolved configuration of this run, written by distgan."]
+    for key, value in config.to_dict().items():
+        if value is not None:
+            lines.append(f"{key} = {_toml_value(value)}")
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def load_saved(path: str | Path) -> TrainConfig:
+    """Read a config.toml written by save_toml()."""
+    return TrainConfig(**load_toml(path))

@@ -1,0 +1,125 @@
+"""Batch sources: the local slice of each step's global batch, on the training device.
+
+`batch(step)` returns (samples float32 [b, *sample_shape], labels int64 [b])
+where b = global_batch / world_size. Images come in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Protocol
+
+import torch
+
+from distgan.data.folder import FolderDataset
+from distgan.data.mixtures import Mixture
+from distgan.data.schedule import IndexSchedule
+from distgan.errors import DataError
+from distgan.seeding import make_generator, rank_slice
+
+
+def pixels_to_float(pixels: torch.Tensor) -> torch.Tensor:
+    """Map uint8 pixels to float32 in [-1, 1]."""
+    return pixels.float().div_(127.5).sub_(1.0)
+
+
+class BatchSource(Protocol):
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def close(self) -> None: ...
+
+
+class TensorSource:
+    """A data set held in memory on the device, indexed by the step's schedule."""
+
+    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, schedule: IndexSchedule,
+                 rank: int, world_size: int, device: torch.device) -> None:
+        self.pixels = pixels.to(device)
+        self.labels = labels.to(device)
+        self.schedule = schedule
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = self.schedule.local_indices(step, self.rank, self.world_size).to(self.device, non_blocking=True)
+        return pixels_to_float(self.pixels[indices]), self.labels[indices]
+
+    def close(self) -> None:
+        pass
+
+
+class MixtureSource:
+    """Fresh points of a 2D mixture for every step, drawn on the device from (seed, step)."""
+
+    def __init__(self, mixture: Mixture, seed: int, global_batch: int, rank: int, world_size: int,
+                 device: torch.device) -> None:
+        self.mixture = mixture
+        self.seed = seed
+        self.global_batch = global_batch
+        self.rows = rank_slice(global_batch, rank, world_size)
+        self.device = device
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = make_generator(self.seed, "data", step, device=self.device)
+        points, modes = self.mixture.sample(self.global_batch, generator, self.device)
+        return points[self.rows], modes[self.rows]
+
+
+class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Yield this rank's indices for steps start_step, start_step + 1, ..., end_step - 1."""
+
+    def __init__(self, schedule: IndexSchedule, rank: int, world_size: int, start_step: int, end_step: int) -> None:
+        self.schedule = schedule
+        self.rank = rank
+        self.world_size = world_size
+        self.start_step = start_step
+        self.end_step = end_step
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step, self.end_step):
+            yield self.schedule.local_indices(step, self.rank, self.world_size).tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.end_step - self.start_step)
+
+
+class LoaderSource:
+    """Images decoded by DataLoader workers, in the order of the step schedule."""
+
+    def __init__(self, dataset: FolderDataset, schedule: IndexSchedule, rank: int, world_size: int,
+                 device: torch.device, end_step: int, num_workers: int) -> None:
+        self.dataset = dataset
+        self.schedule = schedule
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device
+        self.end_step = end_step
+        self.num_workers = num_workers
+        self._iterator: Iterator | None = None
+        self._next_step = -1
+
+    def _start(self, step: int) -> None:
+        sampler = StepBatchSampler(self.schedule, self.rank, self.world_size, step, self.end_step)
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self._iterator = iter(loader)
+        self._next_step = step
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if step != self._next_step or step >= self.end_step:
+            self.end_step = max(self.end_step, step + 1)
+            self._start(step)
+        pixels, labels, errors = next(self._iterator)
+        self._next_step += 1
+        failures = [error for error in errors if error]
+        if failures:
+            raise DataError(failures[0])
+        pixels = pixels.to(self.device, non_blocking=True)
+        return pixels_to_float(pixels), labels.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        self._iterator = None

@@ -1,0 +1,38 @@
+"""Checks on how the processes of a run were launched."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from distgan.errors import ConfigError
+
+RANK_VARIABLES = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+CPU_LAUNCH_HINT = "accelerate launch --multi_gpu --num_processes N -m distgan train --cpu ..."
+
+
+def check_launch() -> None:
+    """Raise ConfigError when `accelerate launch --cpu --num_processes N` started only one process.
+
+    Without MPI, Accelerate's CPU launcher (accelerate 1.x) starts a single
+    process for any N and sets MASTER_ADDR but no rank variables. That process
+    would train alone while the user expects N of them, so it stops here.
+    """
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if use_cpu and "MASTER_ADDR" in os.environ and not any(name in os.environ for name in RANK_VARIABLES):
+        raise ConfigError(
+            "accelerate launch --cpu started a single process: without an MPI hostfile, Accelerate's CPU launcher "
+            "runs one process whatever --num_processes says. Start CPU processes with the multi-process launcher: "
+            f"{CPU_LAUNCH_HINT} (or accelerate launch --config_file launch/cpu.yaml -m distgan train). "
+            "For one process, run distgan train directly, or unset MASTER_ADDR."
+        )
+
+
+def use_cpu(requested: bool) -> bool:
+    """Return whether training runs on the CPU: when requested, or when torch sees no accelerator.
+
+    Accelerate treats a process group on a machine without GPUs as distributed
+    only when told to use the CPU, so a CPU-only machine always passes cpu=True.
+    """
+    return requested or not torch.accelerator.is_available()

@@ -1,0 +1,57 @@
+"""Exponential moving average of the generator, on torch's AveragedModel.
+
+The decay warms up as min(decay, (1 + t) / (10 + t)) after t updates, so
+early averages are not dominated by the random initial weights. The
+warm-up depends only on t, which equals the training step, so a resumed run
+continues with the same decay.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+
+def warmup_decay(decay: float, updates: int) -> float:
+    """Return the EMA decay used for update number `updates` (counted from 0)."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+class GeneratorEMA:
+    """The averaged copy G_ema of a generator, parameters and buffers alike."""
+
+    def __init__(self, generator: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self._current_decay = 0.0
+        # AveragedModel deep-copies the generator; pass it before accelerator.prepare() so the
+        # copy carries no mixed-precision patch on its forward.
+        self.averaged = AveragedModel(generator, multi_avg_fn=self._update, use_buffers=True)
+        self.averaged.requires_grad_(False)
+        self.averaged.eval()
+
+    @torch.no_grad()
+    def _update(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _count: torch.Tensor) -> None:
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - self._current_decay)
+        else:
+            for target, value in zip(averaged, current):
+                target.copy_(value)  # integer buffers such as BatchNorm's num_batches_tracked
+
+    def update(self, generator: nn.Module, step: int) -> None:
+        """Fold the weights of `generator` after training step `step` (0-based) into the average."""
+        self._current_decay = warmup_decay(self.decay, step)
+        self.averaged.update_parameters(generator)
+
+    @property
+    def module(self) -> nn.Module:
+        """The averaged generator, in eval mode."""
+        return self.averaged.module
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.averaged.module.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.averaged.module.load_state_dict(state_dict)
+        # A loaded average is no longer the first update, which would copy instead of average.
+        self.averaged.n_averaged.fill_(1)

@@ -1,0 +1,53 @@
+"""Adversarial losses on discriminator logits.
+
+Each loss maps logits of shape [B] to a scalar mean over the local batch;
+with equal per-rank batches, DDP's gradient average turns that into the mean
+over the global batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Logits = torch.Tensor
+
+
+@dataclass(frozen=True)
+class AdversarialLoss:
+    """The discriminator and generator halves of one GAN objective."""
+
+    name: str
+    d_loss: Callable[[Logits, Logits], torch.Tensor]  # (real logits, fake logits) -> scalar
+    g_loss: Callable[[Logits], torch.Tensor]  # fake logits -> scalar
+
+
+def _logistic_d(real: Logits, fake: Logits) -> torch.Tensor:
+    return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+
+def _logistic_g(fake: Logits) -> torch.Tensor:
+    # The non-saturating form: maximize log D(G(z)) instead of minimizing log(1 - D(G(z))).
+    return F.softplus(-fake).mean()
+
+
+def _hinge_d(real: Logits, fake: Logits) -> torch.Tensor:
+    return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+
+
+def _hinge_g(fake: Logits) -> torch.Tensor:
+    return -fake.mean()
+
+
+LOSSES = {
+    "logistic": AdversarialLoss("logistic", _logistic_d, _logistic_g),
+    "hinge": AdversarialLoss("hinge", _hinge_d, _hinge_g),
+}
+
+
+def get_loss(name: str) -> AdversarialLoss:
+    """Return the loss registered under `name`; raises KeyError for an unknown name."""
+    return LOSSES[name]

@@ -1,0 +1,86 @@
+"""Registry of generator/discriminator pairs and the JSON architecture record that rebuilds them.
+
+An architecture record is a plain dict, `{"model": NAME, "generator": KWARGS,
+"discriminator": KWARGS}`, saved with the weights so that export rebuilds the
+generator from JSON and safetensors alone, without unpickling anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from distgan.errors import ConfigError
+from distgan.models.dcgan import DCGANDiscriminator, DCGANGenerator, plan_resolution
+from distgan.models.dense import DenseDiscriminator, DenseGenerator
+
+ARCHITECTURES: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
+    "dense": (DenseGenerator, DenseDiscriminator),
+    "dcgan": (DCGANGenerator, DCGANDiscriminator),
+}
+
+DEFAULT_WIDTH = {"dense": 256, "dcgan": 64}
+
+
+def default_model(kind: str) -> str:
+    """Return the model that `--model auto` picks for a data kind ("image" or "points")."""
+    return "dcgan" if kind == "image" else "dense"
+
+
+def default_architecture(model: str, kind: str, sample_shape: list[int], z_dim: int, width: int) -> dict[str, Any]:
+    """Build the architecture record of a built-in pair for samples of `sample_shape`.
+
+    Raises ConfigError when the model cannot produce that shape.
+    """
+    if model == "dense":
+        hidden = [width, 2 * width, 4 * width] if kind == "image" else [width, width, width]
+        generator = {"z_dim": z_dim, "out_shape": list(sample_shape), "hidden": hidden,
+                     "output": "tanh" if kind == "image" else "linear"}
+        discriminator = {"in_shape": list(sample_shape), "hidden": list(reversed(hidden))}
+    elif model == "dcgan":
+        if kind != "image" or len(sample_shape) != 3 or sample_shape[1] != sample_shape[2]:
+            raise ConfigError(f"the dcgan model needs square images, but the data has samples of shape {sample_shape}; "
+                              "use --model dense")
+        channels, resolution = sample_shape[0], sample_shape[1]
+        try:
+            plan_resolution(resolution)
+        except ValueError as error:
+            raise ConfigError(f"{error}; set --resolution") from None
+        generator = {"z_dim": z_dim, "channels": channels, "resolution": resolution, "width": width}
+        discriminator = {"channels": channels, "resolution": resolution, "width": width}
+    else:
+        raise ConfigError(f"unknown model '{model}'; choose one of {', '.join(ARCHITECTURES)}")
+    return {"model": model, "generator": generator, "discriminator": discriminator}
+
+
+def _architecture_classes(record: dict[str, Any]) -> tuple[type[nn.Module], type[nn.Module]]:
+    model = record.get("model")
+    if model not in ARCHITECTURES:
+        raise ValueError(f"unknown model {model!r} in architecture record; known models: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[model]
+
+
+def build_generator(record: dict[str, Any]) -> nn.Module:
+    """Construct the generator described by an architecture record (fresh weights)."""
+    generator_class, _ = _architecture_classes(record)
+    return generator_class(**record["generator"])
+
+
+def build_discriminator(record: dict[str, Any]) -> nn.Module:
+    """Construct the discriminator described by an architecture record (fresh weights)."""
+    _, discriminator_class = _architecture_classes(record)
+    return discriminator_class(**record["discriminator"])
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
+    "DenseDiscriminator",
+    "DenseGenerator",
+    "build_discriminator",
+    "build_generator",
+    "default_architecture",
+    "default_model",
+]

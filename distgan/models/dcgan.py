@@ -1,0 +1,83 @@
+"""DCGAN pair (Radford et al., 2016) sized from the image resolution and channels.
+
+The generator projects z to a base x base map with a transposed convolution,
+then doubles the resolution n times with stride-2 transposed convolutions,
+BatchNorm and ReLU, ending in tanh. The discriminator mirrors it with stride-2
+convolutions and LeakyReLU(0.2), and a final base x base convolution gives one
+logit. The resolution must be base * 2**n with base in 4..7 and n >= 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LEAKY_SLOPE = 0.2
+INIT_STD = 0.02  # weight init of the DCGAN paper: N(0, 0.02), BatchNorm scale N(1, 0.02)
+
+
+def plan_resolution(resolution: int) -> tuple[int, int]:
+    """Return (base, n) with resolution == base * 2**n, base in 4..7 and n as large as possible.
+
+    Raises ValueError for a resolution the DCGAN pair cannot produce.
+    """
+    base, n = resolution, 0
+    while base % 2 == 0 and base // 2 >= 4:
+        base //= 2
+        n += 1
+    if n == 0 or not 4 <= base <= 7:
+        raise ValueError(
+            f"the dcgan model needs a resolution of base * 2**n with base in 4..7 and n >= 1 "
+            f"(for example 28, 32, 48, 64, 128), got {resolution}"
+        )
+    return base, n
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, INIT_STD)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, INIT_STD)
+        nn.init.zeros_(module.bias)
+
+
+class DCGANGenerator(nn.Module):
+    """Map z [B, z_dim] to images [B, channels, resolution, resolution] in [-1, 1]."""
+
+    def __init__(self, z_dim: int, channels: int, resolution: int, width: int = 64) -> None:
+        super().__init__()
+        base, n = plan_resolution(resolution)
+        widths = [width * 2 ** (n - 1 - i) for i in range(n)]
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(z_dim, widths[0], base, 1, 0, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(),
+        ]
+        for width_in, width_out in zip(widths, widths[1:]):
+            layers += [nn.ConvTranspose2d(width_in, width_out, 4, 2, 1, bias=False), nn.BatchNorm2d(width_out), nn.ReLU()]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.apply(_init_weights)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, :, None, None])
+
+
+class DCGANDiscriminator(nn.Module):
+    """Map images [B, channels, resolution, resolution] to one logit per image [B]."""
+
+    def __init__(self, channels: int, resolution: int, width: int = 64) -> None:
+        super().__init__()
+        base, n = plan_resolution(resolution)
+        widths = [width * 2**i for i in range(n)]
+        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(LEAKY_SLOPE)]
+        for width_in, width_out in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(width_in, width_out, 4, 2, 1), nn.LeakyReLU(LEAKY_SLOPE)]
+        layers.append(nn.Conv2d(widths[-1], 1, base, 1, 0))
+        self.net = nn.Sequential(*layers)
+        self.apply(_init_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten(1).squeeze(1)

@@ -1,0 +1,87 @@
+"""Set up a training run: combine the configuration, open the data and check the run directory.
+
+Everything here runs before the process group exists, so a bad option or a
+missing folder fails on every rank with the same clear message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distgan.checkpoint import latest_checkpoint, list_checkpoints
+from distgan.config import TrainConfig, build_config, load_saved, load_toml, resumed_config
+from distgan.data import DataSet, open_data
+from distgan.data.mixtures import MIXTURES
+from distgan.errors import CheckpointError
+from distgan.models import DEFAULT_WIDTH, default_model
+
+CONFIG_FILE = "config.toml"
+DEFAULT_Z_DIM = {"image": 64, "points": 8}
+
+
+@dataclass
+class RunPlan:
+    """A resolved configuration, its data set, and the checkpoint to resume from (None for a new run)."""
+
+    config: TrainConfig
+    data: DataSet
+    resume_from: Path | None
+
+
+def default_name(data: str) -> str:
+    """Return the run name that `data` gives when --name is not set."""
+    if data == "mnist" or data in MIXTURES:
+        return data
+    return Path(data).resolve().name or "images"
+
+
+def resolve_config(config: TrainConfig, data: DataSet) -> TrainConfig:
+    """Fill every option left as None from the data set and the model defaults."""
+    model = default_model(data.kind) if config.model == "auto" else config.model
+    image = data.kind == "image"
+    name = config.name or data.name
+    return config.replace(
+        name=name,
+        out=config.out or str(Path("runs") / name),
+        model=model,
+        resolution=data.sample_shape[1] if image else None,
+        channels=data.sample_shape[0] if image else None,
+        z_dim=config.z_dim or DEFAULT_Z_DIM[data.kind],
+        width=config.width or DEFAULT_WIDTH[model],
+    )
+
+
+def plan_run(config_file: str | Path | None, overrides: dict[str, Any], resume: bool) -> RunPlan:
+    """Combine defaults, config file and CLI options, then open the data and check the run directory.
+
+    With `resume`, the saved config.toml of the run is the base and the latest
+    complete checkpoint is the starting point. Without it, a run directory that
+    already holds checkpoints is an error, so that no earlier run is overwritten.
+    """
+    config = build_config(config_file, overrides)
+    run_dir = Path(config.out or Path("runs") / (config.name or default_name(config.data)))
+    checkpoint = None
+    if resume:
+        saved_path = run_dir / CONFIG_FILE
+        if not saved_path.is_file():
+            raise CheckpointError(f"nothing to resume in {run_dir}: {CONFIG_FILE} not found; start without --resume")
+        explicit = dict(load_toml(config_file)) if config_file else {}
+        explicit.update({key: value for key, value in overrides.items() if value is not None})
+        explicit.pop("out", None)
+        config = resumed_config(load_saved(saved_path), explicit)
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise CheckpointError(
+                f"no complete checkpoint in {run_dir / 'checkpoints'} to resume from; start without --resume"
+            )
+    else:
+        existing = list_checkpoints(run_dir)
+        if existing:
+            raise CheckpointError(
+                f"{run_dir} already holds a run with checkpoints up to step {existing[-1][0]}; "
+                "pass --resume to continue it, or choose another --out"
+            )
+    data = open_data(config.data, config.resolution, config.channels)
+    return RunPlan(resolve_config(config.replace(out=str(run_dir)), data), data, checkpoint)

@@ -1,0 +1,110 @@
+"""Each input mistake a user can make ends in one `error:` line and exit code 1, never a traceback."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import assert_ok, assert_user_error, run_distgan
+
+
+def test_version_and_help(tmp_path: Path):
+    result = run_distgan("--version", cwd=tmp_path)
+    assert_ok(result)
+    assert result.stdout.startswith("distgan 0.")
+    assert "train" in run_distgan("--help", cwd=tmp_path).stdout
+
+
+def test_missing_data_path(tmp_path: Path):
+    assert_user_error(run_distgan("train", "--data", "no/such/folder", cwd=tmp_path),
+                      "data folder not found: no/such/folder")
+
+
+def test_folder_without_images(tmp_path: Path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    assert_user_error(run_distgan("train", "--data", "empty", cwd=tmp_path), "no PNG or JPEG images found under empty")
+
+
+def test_unreadable_image(tmp_path: Path):
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "fine.png")
+    (tmp_path / "images" / "corrupt.jpg").write_bytes(b"\x00" * 100)
+    assert_user_error(run_distgan("train", "--data", "images", cwd=tmp_path), "cannot read image", "corrupt.jpg")
+
+
+def test_unknown_config_key(tmp_path: Path):
+    (tmp_path / "run.toml").write_text("stpes = 10\n")
+    line = assert_user_error(run_distgan("train", "--config", "run.toml", cwd=tmp_path),
+                             "unknown config key 'stpes' in run.toml", "did you mean 'steps'?", "Valid keys:")
+    assert "batch_size" in line
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--model", "gan"], "invalid model 'gan'; choose one of auto, dense, dcgan"),
+    (["--resolution", "30"], "resolution of base * 2**n"),
+    (["--batch-size", "0"], "batch_size must be at least 1"),
+])
+def test_invalid_option_values(tmp_path: Path, args: list[str], fragment: str):
+    assert_user_error(run_distgan("train", "--steps", "1", *args, cwd=tmp_path), fragment)
+
+
+def test_resume_without_run(tmp_path: Path):
+    assert_user_error(run_distgan("train", "--out", "nothing", "--resume", cwd=tmp_path),
+                      "nothing to resume in nothing", "config.toml not found")
+
+
+def test_resume_with_incomplete_checkpoint(mnist_run: Path, tmp_path: Path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(mnist_run, run)
+    shutil.rmtree(run / "checkpoints" / "step-0000003")
+    (run / "checkpoints" / "step-0000006" / "optimizer_D.pt").unlink()
+    result = run_distgan("train", "--out", str(run), "--resume", cwd=tmp_path)
+    assert_user_error(result, "no complete checkpoint", "to resume from")
+    assert "optimizer_D.pt is missing" in result.stderr  # the skipped checkpoint is named in a warning
+
+
+def test_damaged_checkpoint_file(mnist_run: Path, tmp_path: Path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(mnist_run, run)
+    weights = run / "checkpoints" / "step-0000006" / "G.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    result = run_distgan("train", "--out", str(run), "--resume", "--steps", "8", cwd=tmp_path)
+    # The damaged step 6 is skipped (its size no longer matches) and step 3 is used.
+    assert_ok(result)
+    assert "G.safetensors has 100 bytes" in result.stderr
+    assert "at step 3" in result.stderr
+
+
+def test_export_without_generator(tmp_path: Path):
+    (tmp_path / "empty_run").mkdir()
+    assert_user_error(run_distgan("export", "empty_run", cwd=tmp_path), "no generator weights in empty_run")
+    assert_user_error(run_distgan("export", "absent", cwd=tmp_path), "not found: absent")
+
+
+def test_sample_missing_onnx(tmp_path: Path):
+    assert_user_error(run_distgan("sample", "absent.onnx", cwd=tmp_path), "ONNX file not found: absent.onnx")
+
+
+def test_sample_bad_latents(exported_onnx: Path, tmp_path: Path):
+    np.save(tmp_path / "float64.npy", np.zeros((2, 64)))
+    np.save(tmp_path / "shape.npy", np.zeros((2, 10), np.float32))
+    (tmp_path / "text.npy").write_text("not numpy")
+    assert_user_error(run_distgan("sample", str(exported_onnx), "--latents", "float64.npy", cwd=tmp_path),
+                      "z must be float32, got float64")
+    assert_user_error(run_distgan("sample", str(exported_onnx), "--latents", "shape.npy", cwd=tmp_path),
+                      "z must have shape [batch, 64] with batch >= 1, got [2, 10]")
+    assert_user_error(run_distgan("sample", str(exported_onnx), "--latents", "text.npy", cwd=tmp_path),
+                      "cannot read latents from text.npy")
+    assert_user_error(run_distgan("sample", str(exported_onnx), "--n", "0", cwd=tmp_path),
+                      "the number of samples must be at least 1")
+    assert_user_error(run_distgan("sample", str(exported_onnx), "--providers", "tpu", cwd=tmp_path),
+                      "invalid providers 'tpu'")
+    metadata = json.loads(exported_onnx.with_suffix(".json").read_text())
+    assert metadata["z_dim"] == 64

@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import pytest
+
+from distgan.config import TrainConfig, build_config, load_saved, resumed_config, save_toml
+from distgan.errors import ConfigError
+
+
+def test_defaults_validate():
+    config = build_config()
+    assert config.data == "mnist"
+    assert config.batch_size == 64
+    assert config.ema is True
+
+
+def test_toml_file_and_overrides(tmp_path: Path):
+    path = tmp_path / "run.toml"
+    path.write_text('steps = 10\nlr_g = 1\nloss = "hinge"\nema = false\n')
+    config = build_config(path, {"steps": 20, "seed": None})
+    assert config.steps == 20  # the command line wins
+    assert config.lr_g == 1.0 and isinstance(config.lr_g, float)
+    assert config.loss == "hinge"
+    assert config.ema is False
+    assert config.seed == 0  # None means "not given"
+
+
+def test_unknown_key_names_suggestion_and_valid_keys(tmp_path: Path):
+    path = tmp_path / "run.toml"
+    path.write_text("lr_gg = 0.001\n")
+    with pytest.raises(ConfigError) as error:
+        build_config(path)
+    message = str(error.value)
+    assert "unknown config key 'lr_gg'" in message
+    assert "did you mean 'lr_g'?" in message
+    assert "Valid keys:" in message
+    assert "batch_size" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('steps = "ten"\n', "'steps' in"),
+        ("steps = 1.5\n", "must be int"),
+        ("ema = 1\n", "must be bool"),
+        ("[train]\nsteps = 3\n", "has a table [train]"),
+        ("steps = \n", "is not valid TOML"),
+    ],
+)
+def test_malformed_values(tmp_path: Path, text: str, fragment: str):
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=None) as error:
+        build_config(path)
+    assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"model": "stylegan"}, "invalid model 'stylegan'"),
+        ({"loss": "wgan"}, "invalid loss 'wgan'"),
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"lr_d": -1.0}, "lr_d must be a positive learning rate"),
+        ({"beta2": 1.0}, "beta2 must be in [0, 1)"),
+        ({"channels": 2}, "channels must be 1 or 3"),
+        ({"mixed_precision": "fp8"}, "invalid mixed_precision 'fp8'"),
+        ({"sample_every": -1}, "sample_every must be 0 (off) or more"),
+    ],
+)
+def test_out_of_range_values(overrides: dict, fragment: str):
+    with pytest.raises(ConfigError) as error:
+        build_config(None, overrides)
+    assert fragment in str(error.value)
+
+
+def test_missing_config_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        build_config(tmp_path / "absent.toml")
+
+
+def test_toml_round_trip(tmp_path: Path):
+    config = TrainConfig(data='folder "with quotes"', name="x", steps=7, lr_g=3e-4, ema=False)
+    save_toml(config, tmp_path / "config.toml")
+    assert load_saved(tmp_path / "config.toml") == config
+
+
+def test_resume_allows_only_resumable_changes():
+    saved = build_config(None, {"steps": 10})
+    assert resumed_config(saved, {"steps": 20}).steps == 20
+    assert resumed_config(saved, {"seed": 0}).seed == 0  # the same value is no change
+    with pytest.raises(ConfigError, match="cannot change 'seed' from 0 to 1 when resuming"):
+        resumed_config(saved, {"seed": 1})

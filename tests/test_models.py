@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from distgan.errors import ConfigError
+from distgan.models import build_discriminator, build_generator, default_architecture
+from distgan.models.dcgan import plan_resolution
+
+
+@pytest.mark.parametrize(("resolution", "expected"), [(28, (7, 2)), (32, (4, 3)), (48, (6, 3)), (64, (4, 4)), (8, (4, 1))])
+def test_plan_resolution(resolution, expected):
+    assert plan_resolution(resolution) == expected
+
+
+@pytest.mark.parametrize("resolution", [4, 30, 100, 7])
+def test_plan_resolution_rejects(resolution):
+    with pytest.raises(ValueError, match="base \\* 2\\*\\*n"):
+        plan_resolution(resolution)
+
+
+@pytest.mark.parametrize(("model", "shape"), [("dcgan", [1, 28, 28]), ("dcgan", [3, 32, 32]), ("dense", [1, 28, 28]),
+                                              ("dense", [3, 16, 16])])
+def test_image_pairs_shapes(model, shape):
+    record = default_architecture(model, "image", shape, z_dim=16, width=8)
+    G, D = build_generator(record), build_discriminator(record)
+    images = G(torch.randn(5, 16))
+    assert list(images.shape) == [5, *shape]
+    assert images.min() >= -1 and images.max() <= 1  # tanh output
+    assert list(D(images).shape) == [5]
+
+
+def test_dense_points_output_is_unbounded():
+    record = default_architecture("dense", "points", [2], z_dim=4, width=8)
+    G = build_generator(record)
+    with torch.no_grad():
+        G.net[-1].bias.fill_(10.0)
+    points = G(torch.randn(3, 4))
+    assert list(points.shape) == [3, 2]
+    assert points.min() > 5  # no tanh squashing for 2D data
+
+
+def test_dcgan_rejects_points_and_bad_resolution():
+    with pytest.raises(ConfigError, match="use --model dense"):
+        default_architecture("dcgan", "points", [2], 4, 8)
+    with pytest.raises(ConfigError, match="set --resolution"):
+        default_architecture("dcgan", "image", [1, 30, 30], 4, 8)
+
+
+def test_dcgan_generator_is_batch_independent_in_eval_mode():
+    record = default_architecture("dcgan", "image", [1, 28, 28], z_dim=8, width=8)
+    G = build_generator(record).eval()
+    z = torch.randn(4, 8)
+    with torch.no_grad():
+        together = G(z)
+        alone = G(z[1:2])
+    torch.testing.assert_close(together[1:2], alone)

@@ -1,0 +1,74 @@
+"""Training through the real CLI: two CPU processes under accelerate launch, resume, and run directories."""
+
+import json
+import shutil
+from pathlib import Path
+
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import assert_ok, assert_user_error, launch_distgan, run_distgan
+
+
+def _metric_steps(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_process_run_writes_run_directory(mnist_run: Path):
+    assert sorted(p.name for p in (mnist_run / "checkpoints").iterdir()) == ["step-0000003", "step-0000006"]
+    checkpoint = mnist_run / "checkpoints" / "step-0000006"
+    assert {p.name for p in checkpoint.iterdir()} == {
+        "G.safetensors", "D.safetensors", "G_ema.safetensors", "generator.json",
+        "optimizer_G.pt", "optimizer_D.pt", "trainer.json",
+    }
+    state = json.loads((checkpoint / "trainer.json").read_text())
+    assert state["step"] == 6
+    assert state["world_size"] == 2
+    assert _metric_steps(mnist_run) == [3, 6]  # one row per log step, written by the main process only
+    row = json.loads((mnist_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert set(row) >= {"Loss/D", "Loss/G", "images_per_second"}
+    assert row["images_per_second"] > 0
+    config = (mnist_run / "config.toml").read_text()
+    assert 'model = "dcgan"' in config and "batch_size = 16" in config
+    with Image.open(mnist_run / "samples" / "step-0000006.png") as grid:
+        assert grid.size == (8 * 30 + 2, 8 * 30 + 2)  # 64 digits of 28 px with 2 px padding
+    record = json.loads((mnist_run / "generator" / "generator.json").read_text())
+    assert record["step"] == 6 and record["weights"] == "G_ema"
+    assert record["sample_shape"] == [1, 28, 28] and record["z_dim"] == 64
+
+
+def test_resume_continues_step_count(mnist_run: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(mnist_run, run)
+    result = launch_distgan("train", "--cpu", "--steps", "9", "--batch-size", "16", "--log-every", "3",
+                            "--checkpoint-every", "3", "--out", str(run), "--resume", cwd=tmp_path)
+    assert_ok(result)
+    assert "resumed from" in result.stderr and "at step 6" in result.stderr
+    assert _metric_steps(run) == [3, 6, 9]
+    assert (run / "checkpoints" / "step-0000009").is_dir()
+    assert "steps = 9" in (run / "config.toml").read_text()
+
+
+def test_resume_is_exact_on_one_process(tmp_path: Path):
+    common = ["train", "--cpu", "--batch-size", "8", "--width", "8", "--log-every", "2", "--checkpoint-every", "2",
+              "--sample-every", "0"]
+    assert_ok(run_distgan(*common, "--steps", "4", "--out", "straight", cwd=tmp_path))
+    assert_ok(run_distgan(*common, "--steps", "2", "--out", "split", cwd=tmp_path))
+    assert_ok(run_distgan(*common, "--steps", "4", "--out", "split", "--resume", cwd=tmp_path))
+    for name in ("G", "D", "G_ema"):
+        straight = load_file(tmp_path / "straight" / "checkpoints" / "step-0000004" / f"{name}.safetensors")
+        split = load_file(tmp_path / "split" / "checkpoints" / "step-0000004" / f"{name}.safetensors")
+        assert straight.keys() == split.keys()
+        for key in straight:
+            assert (straight[key] == split[key]).all(), f"{name}.{key} differs after resume"
+
+
+def test_new_run_refuses_existing_checkpoints(mnist_run: Path, tmp_path: Path):
+    result = run_distgan("train", "--steps", "2", "--out", str(mnist_run), cwd=tmp_path)
+    assert_user_error(result, "already holds a run with checkpoints up to step 6", "--resume")
+
+
+def test_accelerate_cpu_launcher_single_process_is_rejected(tmp_path: Path):
+    result = run_distgan("train", "--steps", "2", "--out", "run", cwd=tmp_path,
+                         env={"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
+    assert_user_error(result, "started a single process", "--multi_gpu --num_processes N")
