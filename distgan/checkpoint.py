@@ -9,7 +9,7 @@ A checkpoint is a directory `checkpoints/step-NNNNNNN/` holding
     scaler.pt                          the GradScaler state, with fp16 only
     trainer.json                       step, version and the size of every file above
 
-The run's `generator/` directory holds the weights that export uses by
+The run's `generator/` directory contains the weights that export uses by
 default (G_ema, or G without EMA) as generator.safetensors + generator.json.
 
 It is written into a temporary directory and renamed into place, so a

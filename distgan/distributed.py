@@ -30,7 +30,7 @@ def check_launch() -> None:
 
 
 def use_cpu(requested: bool) -> bool:
-    """Return whether training runs on the CPU: when requested, or when torch sees no accelerator.
+    """Return whether training runs on the CPU: when requested, or when torch finds no accelerator.
 
     Accelerate treats a process group on a machine without GPUs as distributed
     only when told to use the CPU, so a CPU-only machine always passes cpu=True.

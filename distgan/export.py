@@ -61,7 +61,7 @@ class ParityResult:
 
 @dataclass
 class ExportReport:
-    """What an export produced and how it was checked."""
+    """Outcome of an export: the file, the exporter used and the validation results."""
 
     path: Path
     exporter: str  # "dynamo" or "torchscript"
@@ -225,9 +225,9 @@ def export_generator(generator: nn.Module, record: dict[str, Any], out: str | Pa
     """Export `generator` (eval mode is set here) to `out` and validate it; write generator.json beside it.
 
     `record` is the generator record that training writes (z_dim, kind,
-    sample_shape, ...). Raises ExportError when conversion fails, the checker
-    rejects the graph, or onnxruntime differs from PyTorch by more than `atol`
-    at any of `batch_sizes`; the destination is then left untouched.
+    sample_shape, ...). Raises ExportError when conversion fails, when the
+    checker rejects the graph, or when onnxruntime differs from PyTorch by more
+    than `atol` at any of `batch_sizes`. The destination is then left untouched.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ def plan_run(config_file: str | Path | None, overrides: dict[str, Any], resume: 
 
     With `resume`, the saved config.toml of the run is the base and the latest
     complete checkpoint is the starting point. Without it, a run directory that
-    already holds checkpoints is an error, so that no earlier run is overwritten.
+    already contains checkpoints is an error, so that no earlier run is overwritten.
     """
     config = build_config(config_file, overrides)
     run_dir = Path(config.out or Path("runs") / (config.name or default_name(config.data)))
@@ -80,7 +80,7 @@ def plan_run(config_file: str | Path | None, overrides: dict[str, Any], resume: 
         existing = list_checkpoints(run_dir)
         if existing:
             raise CheckpointError(
-                f"{run_dir} already holds a run with checkpoints up to step {existing[-1][0]}; "
+                f"{run_dir} already contains a run with checkpoints up to step {existing[-1][0]}; "
                 "pass --resume to continue it, or choose another --out"
             )
     data = open_data(config.data, config.resolution, config.channels)

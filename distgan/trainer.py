@@ -4,8 +4,8 @@ G and D are prepared as two separate models, so under DDP each has its own
 wrapper and its own gradient all-reduce, and neither needs
 find_unused_parameters. One step is a D phase then a G phase:
 
-- D phase: G runs under no_grad (no G gradients, no G all-reduce); D sees
-  real and fake samples in one forward pass.
+- D phase: G runs under no_grad, so there are no G gradients and no G
+  all-reduce. D takes real and fake samples in one forward pass.
 - G phase: D runs as its inner module with its parameters frozen, so autograd
   computes no D parameter gradients and DDP all-reduces nothing of D.
 
@@ -65,7 +65,7 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 @dataclass
 class TrainResult:
-    """What a finished run leaves: its directory, the last step and the last logged statistics."""
+    """Outcome of a finished run: its directory, the last step and the last logged statistics."""
 
     run_dir: Path
     step: int

@@ -35,7 +35,7 @@ def test_exported_file_contract(exported_onnx: Path, mnist_run: Path):
     assert json.loads(metadata["value_range"]) == [-1.0, 1.0]
     assert metadata["layout"] == "NCHW"
     assert metadata["step"] == "6"
-    assert metadata["weights"] == "generator"  # the run's generator/ folder, which holds G_ema
+    assert metadata["weights"] == "generator"  # the run's generator/ folder, which contains G_ema
     assert metadata["distgan_version"].startswith("0.")
 
     session = ort.InferenceSession(str(exported_onnx), providers=["CPUExecutionProvider"])

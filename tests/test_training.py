@@ -65,7 +65,7 @@ def test_resume_is_exact_on_one_process(tmp_path: Path):
 
 def test_new_run_refuses_existing_checkpoints(mnist_run: Path, tmp_path: Path):
     result = run_distgan("train", "--steps", "2", "--out", str(mnist_run), cwd=tmp_path)
-    assert_user_error(result, "already holds a run with checkpoints up to step 6", "--resume")
+    assert_user_error(result, "already contains a run with checkpoints up to step 6", "--resume")
 
 
 def test_accelerate_cpu_launcher_single_process_is_rejected(tmp_path: Path):
