@@ -27,10 +27,18 @@ def make_generator(seed: int, *keys: int | str, device: torch.device | str = "cp
     return generator
 
 
-def rank_slice(global_batch: int, rank: int, world_size: int) -> slice:
-    """Return the rows of a global batch that belong to `rank`; the batch must divide evenly."""
-    local = global_batch // world_size
-    return slice(rank * local, (rank + 1) * local)
+def local_rows(step_batch: int, micro_batches: int, rank: int, world_size: int) -> torch.Tensor:
+    """Return the rows of a step's global batch that `rank` trains on, micro-batch after micro-batch.
+
+    The step's `step_batch` rows form `micro_batches` consecutive micro-batches,
+    and each micro-batch is split evenly over the ranks. With one micro-batch
+    this is rank_slice(); with N of them, the same rows as one N times larger
+    batch, so gradient accumulation and a bigger batch see the same samples.
+    """
+    micro = step_batch // micro_batches
+    local = micro // world_size
+    starts = torch.arange(micro_batches) * micro + rank * local
+    return (starts[:, None] + torch.arange(local)[None, :]).flatten()
 
 
 def global_latents(

@@ -20,6 +20,7 @@ from distgan.data.mnist import MNIST_RESOLUTION, load_mnist
 from distgan.data.schedule import IndexSchedule
 from distgan.data.sources import BatchSource, LoaderSource, MixtureSource, TensorSource
 from distgan.errors import ConfigError, DataError
+from distgan.seeding import local_rows
 
 FOLDER_RESOLUTION = 64
 
@@ -38,16 +39,20 @@ class DataSet:
     folder: ImageFolder | None = None
 
     def source(self, *, seed: int, global_batch: int, rank: int, world_size: int, device: torch.device,
-               end_step: int, num_workers: int) -> BatchSource:
-        """Build the batch source of one rank."""
+               end_step: int, num_workers: int, micro_batches: int = 1) -> BatchSource:
+        """Build the batch source of one rank.
+
+        `global_batch` counts the samples of one step over all ranks and
+        micro-batches; each rank receives its rows of every micro-batch.
+        """
+        rows = local_rows(global_batch, micro_batches, rank, world_size)
         if self.kind == "points":
-            return MixtureSource(get_mixture(self.name), seed, global_batch, rank, world_size, device)
+            return MixtureSource(get_mixture(self.name), seed, global_batch, rows, device)
         schedule = IndexSchedule(self.size, global_batch, seed)
         if self.pixels is not None:
-            return TensorSource(torch.from_numpy(self.pixels), torch.from_numpy(self.labels), schedule,
-                                rank, world_size, device)
+            return TensorSource(torch.from_numpy(self.pixels), torch.from_numpy(self.labels), schedule, rows, device)
         dataset = FolderDataset(self.folder, self.sample_shape[0], self.sample_shape[1])
-        return LoaderSource(dataset, schedule, rank, world_size, device, end_step, num_workers)
+        return LoaderSource(dataset, schedule, rows, device, end_step, num_workers)
 
 
 def open_data(data: str, resolution: int | None, channels: int | None) -> DataSet:
