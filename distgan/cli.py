@@ -74,7 +74,7 @@ def _root(
 @_report_errors
 def train(
     config: Annotated[Optional[Path], typer.Option(help="TOML file of config keys; command-line options win.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="mnist (default), ring8, grid25, or a folder of PNG/JPEG images.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="mnist (default), ring8, grid25, a folder of PNG/JPEG images, or a data set written by distgan prepare.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name; default: the data set's name.")] = None,
     out: Annotated[Optional[str], typer.Option(help="Run directory; default: runs/<name>.")] = None,
     model: Annotated[Optional[str], typer.Option(help="auto, dense or dcgan; auto picks dcgan for images, dense for 2D.")] = None,
@@ -111,6 +111,33 @@ def train(
     result = Trainer(plan.config, plan.data, resume_from=plan.resume_from).fit()
     if _rank() == 0:
         typer.echo(f"done: step {result.step}, run directory {result.run_dir}")
+
+
+@app.command()
+@_report_errors
+def prepare(
+    source: Annotated[Path, typer.Argument(metavar="SRC", help="Folder of PNG/JPEG images; subfolders name the classes.")],
+    destination: Annotated[Path, typer.Argument(metavar="DST", help="Directory to create with the packed data set.")],
+    resolution: Annotated[int, typer.Option(help="Image side in pixels after resize and center crop.")] = 64,
+    channels: Annotated[int, typer.Option(help="1 (grayscale) or 3 (RGB).")] = 3,
+    num_workers: Annotated[Optional[int], typer.Option(help="Decoding processes; 0 decodes in this process; default: one per CPU core.")] = None,
+) -> None:
+    """Decode an image folder once into a packed data set that `distgan train --data DST` memory-maps."""
+    from distgan.data.packed import pack_folder
+    from distgan.errors import ConfigError
+
+    if channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {channels}")
+    if resolution < 1:
+        raise ConfigError(f"resolution must be at least 1, got {resolution}")
+    if num_workers is None:
+        num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if num_workers < 0:
+        raise ConfigError(f"num_workers must be 0 (decode in this process) or more, got {num_workers}")
+    report = pack_folder(source, destination, channels, resolution, num_workers=num_workers)
+    classes = f"{len(report.class_names)} classes" if report.class_names else "no classes"
+    typer.echo(f"wrote {report.path}: {report.count} images of shape {report.sample_shape}, {classes}, "
+               f"{report.size_bytes / 1e6:.1f} MB, sha256 {report.sha256}")
 
 
 @app.command()
