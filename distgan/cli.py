@@ -98,6 +98,8 @@ def train(
     sample_every: Annotated[Optional[int], typer.Option(help=f"Steps between sample grids; 0 turns them off; default {_default('sample_every')}.")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help=f"Steps between checkpoints; 0 saves only at the end; default {_default('checkpoint_every')}.")] = None,
     num_workers: Annotated[Optional[int], typer.Option(help=f"DataLoader worker processes for image folders; default {_default('num_workers')}.")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help=f"Compile G and D with torch.compile (slower start, faster steps); default {_default('compile')}.")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help=f"Store convolution weights as NHWC (channels-last); default {_default('channels_last')}.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest complete checkpoint.")] = False,
 ) -> None:
     """Train a GAN. Run it plainly or under `accelerate launch -m distgan train ...`."""

@@ -39,6 +39,7 @@ from distgan.errors import CheckpointError, ConfigError
 from distgan.imaging import save_grid, save_scatter
 from distgan.losses import get_loss
 from distgan.models import build_discriminator, build_generator, default_architecture
+from distgan.performance import apply_speed_options
 from distgan.run import CONFIG_FILE
 from distgan.seeding import derive_seed, global_latents, rank_slice
 from distgan.tracking import JsonlTracker, truncate_metrics
@@ -143,6 +144,20 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train until config.steps, writing metrics, samples and checkpoints into the run directory."""
+        start_step = self.setup()
+        try:
+            metrics = self._loop(start_step)
+        finally:
+            self.close()
+        return TrainResult(self.run_dir, self.config.steps, metrics)
+
+    def setup(self) -> int:
+        """Create the Accelerator, models, optimizers and batch source, resuming if asked; return the first step.
+
+        fit() calls it. A caller that drives train_step() itself (a benchmark,
+        for example) calls setup(), then train_step() for each step, then close().
+        Raises ConfigError for a batch size that does not divide among the processes.
+        """
         cfg = self.config
         check_launch()
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=use_cpu(cfg.cpu),
@@ -160,6 +175,7 @@ class Trainer:
         D.to(self.device)
         self._check_shapes(G, D)
         self.G_ema = GeneratorEMA(G, cfg.ema_decay) if cfg.ema else None
+        apply_speed_options(cfg, G, D, self.G_ema)
         opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
         opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
         self.G, self.D, self.opt_G, self.opt_D = accelerator.prepare(G, D, opt_G, opt_D)
@@ -178,12 +194,20 @@ class Trainer:
                                        world_size=world_size, device=self.device, end_step=cfg.steps,
                                        num_workers=cfg.num_workers)
         self.local_rows = rank_slice(cfg.batch_size, accelerator.process_index, world_size)
-        try:
-            metrics = self._loop(start_step)
-        finally:
-            self.source.close()
-            accelerator.end_training()
-        return TrainResult(self.run_dir, cfg.steps, metrics)
+        return start_step
+
+    def close(self) -> None:
+        """Release the batch source and finish the trackers."""
+        self.source.close()
+        self.accelerator.end_training()
+
+    def train_step(self, step: int) -> torch.Tensor:
+        """Run training step `step` after setup(): one D update and one G update on this rank's slice.
+
+        Returns the step's statistics as a float32 device tensor [len(STATS)]
+        in the order of STATS, without a host synchronization.
+        """
+        return self._train_step(step)
 
     def _loop(self, start_step: int) -> dict[str, float]:
         cfg, accelerator = self.config, self.accelerator
