@@ -201,6 +201,32 @@ def sample(
     typer.echo(f"wrote {out} ({len(samples)} samples of shape {list(samples.shape[1:])}, {generator.provider})")
 
 
+@app.command()
+@_report_errors
+def bench(
+    only: Annotated[Optional[str], typer.Option(help="Comma-separated sections to run: overhead, data, scaling, inference; default: all.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes, to check that every benchmark runs; the figures mean nothing.")] = False,
+    out: Annotated[Path, typer.Option(help="JSON file to write with the results of every section.")] = Path("bench.json"),
+    scripts: Annotated[Optional[Path], typer.Option(help="Folder of the benchmark scripts; default: ./benchmarks, else the one in distgan's source tree.")] = None,
+) -> None:
+    """Run the benchmarks in benchmarks/ and print a table per section (needs a distgan source checkout)."""
+    from distgan.bench import default_scripts_dir, format_result, machine_info, parse_sections, run_section, write_json
+    from distgan.errors import ConfigError
+
+    sections = parse_sections(only)
+    folder = scripts if scripts is not None else default_scripts_dir()
+    if folder is None or not folder.is_dir():
+        raise ConfigError(f"benchmark scripts not found{f' in {folder}' if folder else ''}; run from a distgan source "
+                          "checkout, which has a benchmarks/ folder, or pass --scripts DIR")
+    results: dict[str, Any] = {"machine": machine_info(), "quick": quick, "sections": {}}
+    for name in sections:
+        result = run_section(folder, name, quick)
+        results["sections"][name] = result
+        typer.echo(format_result(result) + "\n")
+    write_json(out, results)
+    typer.echo(f"wrote {out}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="distgan")

@@ -39,3 +39,17 @@ def global_latents(
     """Draw standard normal latents [global_batch, z_dim] for one step of one stream."""
     generator = make_generator(seed, stream, step, device=device)
     return torch.randn(global_batch, z_dim, generator=generator, device=device)
+
+
+def seed_device_rng(seed: int, device: torch.device) -> None:
+    """Seed the default generators that work on `device` draws from: the CPU's and that device's.
+
+    torch.manual_seed() seeds every backend torch knows (CUDA, MPS, XPU, ...)
+    and formats a stack trace for each one not initialized yet, which took
+    about 0.8 ms per call with torch 2.13 on a 2-core CPU machine, too much to
+    do every training step.
+    """
+    torch.default_generator.manual_seed(seed)
+    if device.type != "cpu":
+        # On an initialized device this seeds its current generator at once, without the stack trace.
+        torch.get_device_module(device).manual_seed(seed)

@@ -41,7 +41,7 @@ from distgan.losses import get_loss
 from distgan.models import build_discriminator, build_generator, default_architecture
 from distgan.performance import apply_speed_options
 from distgan.run import CONFIG_FILE
-from distgan.seeding import derive_seed, global_latents, rank_slice
+from distgan.seeding import derive_seed, global_latents, rank_slice, seed_device_rng
 from distgan.tracking import JsonlTracker, truncate_metrics
 
 logger = get_logger(__name__)
@@ -251,7 +251,7 @@ class Trainer:
         """Run one D phase and one G phase; return the step's statistics as a device tensor (no host sync)."""
         accelerator, loss = self.accelerator, self.loss
         # Randomness inside the models (dropout, for example) follows (seed, step, rank) too.
-        torch.manual_seed(derive_seed(self.config.seed, "step", step, accelerator.process_index))
+        seed_device_rng(derive_seed(self.config.seed, "step", step, accelerator.process_index), self.device)
         real, _ = self.source.batch(step)
         z_D = self._latents("z/D", step)
         z_G = self._latents("z/G", step)

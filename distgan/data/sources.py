@@ -69,6 +69,8 @@ class PackedSource:
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         indices = self.schedule.local_indices(step, self.rank, self.world_size)
+        if self.pin_memory:
+            indices = indices.pin_memory()  # so that their copy to the device is asynchronous too
         host = torch.empty((len(indices), *self.pixels.shape[1:]), dtype=torch.uint8, pin_memory=self.pin_memory)
         # The indices come from a permutation of range(N), so mode="clip" never clips; it only lets
         # numpy write into `out` without the intermediate buffer that mode="raise" needs.
