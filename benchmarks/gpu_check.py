@@ -1,6 +1,6 @@
 """GPU check: one command that exercises the fast paths on a CUDA GPU and records the figures.
 
-    python benchmarks/gpu_check.py               # on a machine with one CUDA GPU; about 5 minutes on one H200
+    python benchmarks/gpu_check.py               # one CUDA GPU; an estimated 5 to 7 minutes on one H200
     python benchmarks/gpu_check.py --cpu         # the same checks at tiny sizes on the CPU, where they can run
 
 Sections, each run in its own process so that every one gets a fresh Accelerate state:
@@ -113,15 +113,20 @@ def run_child(args: argparse.Namespace, name: str, workdir: Path, packed: Path) 
     return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
-def overhead_section(args: argparse.Namespace) -> dict[str, Any]:
-    command = [sys.executable, str(HERE / "overhead.py"), "--pairs", "dcgan", "--out", "/dev/null"]
+def overhead_section(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    out = workdir / "overhead.json"
+    command = [sys.executable, str(HERE / "overhead.py"), "--pairs", "dcgan", "--out", str(out)]
     if args.cpu:
         command += ["--device", "cpu", "--quick"]
     else:
         command += ["--device", "cuda", "--resolution", "64", "--channels", "3", "--mixed-precision", "bf16",
                     "--batch-size", "256", "--steps", "10", "--repeats", "12"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
-    return {"passed": result.returncode == 0, "output": result.stdout[-3000:] or result.stderr[-3000:]}
+    if result.returncode != 0:
+        return {"passed": False, "error": f"exit code {result.returncode}: {result.stderr[-2000:]}"}
+    report = json.loads(out.read_text())
+    # Only that the comparison ran is checked here; its ratio is a figure to record, not a pass condition.
+    return {"passed": True, "rows": report["rows"], "notes": report["notes"]}
 
 
 def inference_section(args: argparse.Namespace) -> dict[str, Any]:
@@ -248,7 +253,7 @@ def main() -> int:
             "train": lambda: {"rows": train_runs(args, packed, workdir)},
             "sync": lambda: run_child(args, "sync", workdir, packed),
             "overflow": lambda: run_child(args, "overflow", workdir, packed),
-            "overhead": lambda: overhead_section(args),
+            "overhead": lambda: overhead_section(args, workdir),
             "inference": lambda: inference_section(args),
         }
         for name, section in sections.items():
@@ -256,7 +261,7 @@ def main() -> int:
                 continue
             section_start = time.perf_counter()
             result = section()
-            if "rows" in result:
+            if name == "train":
                 result["passed"] = all(row["passed"] for row in result["rows"])
             result["seconds"] = time.perf_counter() - section_start
             report["sections"][name] = result

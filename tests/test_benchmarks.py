@@ -83,7 +83,7 @@ def test_gpu_check_cpu_mode_without_training(tmp_path: Path):
     assert report["passed"]
     assert set(report["sections"]) == {"sync", "overflow", "overhead", "inference"}
     assert report["sections"]["overflow"]["skipped"] == "Accelerate uses no GradScaler for fp16 on cpu"
-    assert "| dcgan |" in report["sections"]["overhead"]["output"]
+    assert [row["pair"] for row in report["sections"]["overhead"]["rows"]] == ["dcgan"]
 
 
 INFERENCE_SCRIPT = '''
