@@ -26,7 +26,7 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 
 # Options that may change when a run resumes; every other key must match the saved run.
 RESUMABLE_KEYS = ("steps", "log_every", "sample_every", "checkpoint_every", "num_workers", "cpu",
-                  "max_skipped_steps")
+                  "max_skipped_steps", "compile", "channels_last")
 
 
 @dataclass
@@ -63,6 +63,8 @@ class TrainConfig:
     sample_every: int = 250
     checkpoint_every: int = 500
     num_workers: int = 2
+    compile: bool = False
+    channels_last: bool = False
 
     @classmethod
     def keys(cls) -> list[str]:

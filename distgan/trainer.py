@@ -38,8 +38,9 @@ from distgan.imaging import save_grid, save_scatter
 from distgan.losses import get_loss
 from distgan.models import build_discriminator, build_generator, default_architecture
 from distgan.models.sync_batchnorm import convert_batchnorm
+from distgan.performance import apply_speed_options
 from distgan.run import CONFIG_FILE
-from distgan.seeding import derive_seed, global_latents, local_rows, make_generator
+from distgan.seeding import derive_seed, global_latents, local_rows, make_generator, seed_device_rng
 from distgan.step import GOOD_COUNT, R1_COUNT, SKIPPED, STAT_NAMES, AdversarialStep, MicroBatch, Penalties
 from distgan.tracking import JsonlTracker, truncate_metrics
 
@@ -143,7 +144,12 @@ class Trainer:
         }
 
     def setup(self) -> int:
-        """Create the Accelerator, models, optimizers and data source; return the step to start from."""
+        """Create the Accelerator, models, optimizers and batch source, resuming if asked; return the first step.
+
+        fit() calls it. A caller that drives train_step() itself (a benchmark,
+        for example) calls setup(), then train_step() for each step, then close().
+        Raises ConfigError for a batch size that does not divide among the processes.
+        """
         check_launch()
         cfg = self.config
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=use_cpu(cfg.cpu),
@@ -164,6 +170,7 @@ class Trainer:
         G, D, self.architecture = self._build_models()
         self._check_shapes(G, D)
         self.G_ema = GeneratorEMA(G, cfg.ema_decay) if cfg.ema else None
+        apply_speed_options(cfg, G, D, self.G_ema)
         opt_G, opt_D = self._optimizer(G, cfg.lr_g), self._optimizer(D, cfg.lr_d)
         self.G, self.D, self.opt_G, self.opt_D = accelerator.prepare(G, D, opt_G, opt_D)
         self.G_inner = accelerator.unwrap_model(self.G)
@@ -268,7 +275,7 @@ class Trainer:
     def train_step(self, step: int) -> torch.Tensor:
         """Run step `step`; return its statistics (see distgan.step.STAT_NAMES) on the device, with no host sync."""
         # Randomness inside the models (dropout, for example) follows (seed, step, rank) too.
-        torch.manual_seed(derive_seed(self.config.seed, "step", step, self.accelerator.process_index))
+        seed_device_rng(derive_seed(self.config.seed, "step", step, self.accelerator.process_index), self.device)
         stats = self.step_runner.run(step, self.step_inputs(step))
         skipped = stats[SKIPPED]
         self._skip_streak = (self._skip_streak + 1) * skipped

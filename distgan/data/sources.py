@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Iterator, Protocol
 
+import numpy as np
 import torch
 
 from distgan.data.folder import FolderDataset
@@ -43,6 +44,38 @@ class TensorSource:
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         indices = self.schedule.local_indices(step, self.rows).to(self.device, non_blocking=True)
         return pixels_to_float(self.pixels[indices]), self.labels[indices]
+
+    def close(self) -> None:
+        pass
+
+
+class PackedSource:
+    """Rows of a memory-mapped packed data set, gathered on the host and copied to the device.
+
+    On a CUDA device the rows are gathered straight into pinned memory, so the
+    copy to the device runs asynchronously. torch's caching host allocator
+    does not hand that memory out again before the copy has finished.
+    """
+
+    def __init__(self, pixels: np.ndarray, labels: torch.Tensor, schedule: IndexSchedule, rows: torch.Tensor,
+                 device: torch.device) -> None:
+        self.pixels = pixels
+        self.labels = labels.to(device)
+        self.schedule = schedule
+        self.rows = rows
+        self.device = device
+        self.pin_memory = device.type == "cuda"
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = self.schedule.local_indices(step, self.rows)
+        if self.pin_memory:
+            indices = indices.pin_memory()  # so that their copy to the device is asynchronous too
+        host = torch.empty((len(indices), *self.pixels.shape[1:]), dtype=torch.uint8, pin_memory=self.pin_memory)
+        # The indices come from a permutation of range(N), so mode="clip" never clips; it only lets
+        # numpy write into `out` without the intermediate buffer that mode="raise" needs.
+        np.take(self.pixels, indices.numpy(), axis=0, out=host.numpy(), mode="clip")
+        pixels = host.to(self.device, non_blocking=True)
+        return pixels_to_float(pixels), self.labels[indices.to(self.device, non_blocking=True)]
 
     def close(self) -> None:
         pass
