@@ -23,11 +23,11 @@ class GeneratorEMA:
 
     def __init__(self, generator: nn.Module, decay: float) -> None:
         self.decay = decay
-        self._rate = torch.zeros(())
         # AveragedModel deep-copies the generator; pass it before accelerator.prepare() so the
         # copy carries no mixed-precision patch on its forward.
         self.averaged = AveragedModel(generator, multi_avg_fn=self._update, use_buffers=True)
         self.averaged.requires_grad_(False)
+        self._rate = torch.zeros((), device=next(self.averaged.parameters()).device)
         self.averaged.eval()
 
     @torch.no_grad()
@@ -47,11 +47,10 @@ class GeneratorEMA:
         `skip` is a 0-dim bool tensor on the device; when true the average stays
         as it is, without a host synchronization.
         """
-        rate = 1.0 - warmup_decay(self.decay, step)
-        device = next(self.averaged.parameters()).device
-        self._rate = torch.tensor(rate, device=device)
+        # fill_ passes the rate as a kernel argument: no host-to-device copy, no synchronization.
+        self._rate.fill_(1.0 - warmup_decay(self.decay, step))
         if skip is not None:
-            self._rate = self._rate * (~skip).to(device=device, dtype=self._rate.dtype)
+            self._rate.mul_(~skip)
         self.averaged.update_parameters(generator)
 
     @property
