@@ -25,6 +25,8 @@ LOSS_NAMES = ("logistic", "hinge", "lsgan", "wgan-gp")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SAVE_ERROR_POLICIES = ("stop", "continue")
 
+CONFIG_HEADER = "# Resolved configuration of this run, written by distgan."
+
 # Options that may change when a run resumes; every other key must match the saved run.
 RESUMABLE_KEYS = ("steps", "log_every", "sample_every", "checkpoint_every", "num_workers", "cpu",
                   "max_skipped_steps", "compile", "channels_last", "keep_checkpoints", "on_save_error",
@@ -192,6 +194,11 @@ def validate(config: TrainConfig) -> None:
         _require(0.0 <= value < 1.0, f"{key} must be in [0, 1), got {value}")
     _require(0 <= config.seed < 2**63, f"seed must be in [0, 2**63), got {config.seed}")
     _require(bool(config.data), "data must name a built-in data set or a folder")
+    if config.name is not None:
+        _require(bool(config.name) and not any(part in config.name for part in ("/", "\\", "..")),
+                 f"name {config.name!r} must be a plain, non-empty run name without '/', '\\' or '..'; "
+                 "use --out to choose the directory")
+    _require(config.out is None or bool(config.out.strip()), "out must not be empty; omit it for runs/<name>")
 
 
 def resumed_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
@@ -225,7 +232,7 @@ def _toml_value(value: Any) -> str:
 
 def save_toml(config: TrainConfig, path: str | Path) -> None:
     """Write the configuration as a flat TOML file; keys whose value is None are left out."""
-    lines = ["# Resolved configuration of this run, written by distgan."]
+    lines = [CONFIG_HEADER]
     for key, value in config.to_dict().items():
         if value is not None:
             lines.append(f"{key} = {_toml_value(value)}")

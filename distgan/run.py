@@ -6,19 +6,26 @@ missing folder fails on every rank with the same clear message.
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distgan.checkpoint import CHECKPOINTS, latest_checkpoint, list_checkpoints
-from distgan.config import TrainConfig, build_config, load_saved, load_toml, resumed_config
+from distgan.config import CONFIG_HEADER, TrainConfig, build_config, load_saved, load_toml, resumed_config
 from distgan.data import DataSet, open_data
 from distgan.data.mixtures import MIXTURES
 from distgan.errors import CheckpointError, ConfigError
 from distgan.models import DEFAULT_WIDTH, default_model
 
+logger = logging.getLogger(__name__)
+
 CONFIG_FILE = "config.toml"
+LOCK_FILE = ".lock"
+_held_locks: dict[Path, int] = {}  # run directory -> open file descriptor of its lock
 DEFAULT_Z_DIM = {"image": 64, "points": 8}
 RESUME_MODES = ("auto", "latest", "never")
 
@@ -39,12 +46,18 @@ def default_name(data: str) -> str:
     return Path(data).resolve().name or "images"
 
 
+def _absolute_data(data: str) -> str:
+    """Return a data path as an absolute path, so a run resumes from any working directory."""
+    return data if data == "mnist" or data in MIXTURES else str(Path(data).resolve())
+
+
 def resolve_config(config: TrainConfig, data: DataSet) -> TrainConfig:
     """Fill every option left as None from the data set and the model defaults."""
     model = default_model(data.kind) if config.model == "auto" else config.model
     image = data.kind == "image"
     name = config.name or data.name
     return config.replace(
+        data=_absolute_data(config.data),
         name=name,
         out=config.out or str(Path("runs") / name),
         model=model,
@@ -80,9 +93,59 @@ def plan_run(config_file: str | Path | None, overrides: dict[str, Any], resume: 
         )
     if resume == "latest" or (resume == "auto" and existing):
         config, checkpoint = _continued_run(run_dir, config_file, overrides, resume)
+    elif run_dir.is_dir():
+        check_not_foreign(run_dir)
     data = open_data(config.data, config.resolution, config.channels)
     check_writable(run_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        lock_run_dir(run_dir)
     return RunPlan(resolve_config(config.replace(out=str(run_dir)), data), data, checkpoint)
+
+
+def check_not_foreign(run_dir: Path) -> None:
+    """Raise ConfigError when a new run would write into a non-empty folder that is not a distgan run."""
+    entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE and not p.name.startswith(".write-test-"))
+    if not entries:
+        return
+    config_path = run_dir / CONFIG_FILE
+    try:
+        written_by_distgan = config_path.read_text(encoding="utf-8").startswith(CONFIG_HEADER)
+    except (OSError, UnicodeDecodeError):
+        written_by_distgan = False
+    if not written_by_distgan:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ConfigError(f"--out {run_dir} is an existing folder that is not a distgan run (it contains {shown}); "
+                          "choose a new or empty folder so that none of its files is overwritten")
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Take an exclusive lock on the run directory for this process, or raise ConfigError if another has it.
+
+    The lock is a flock on run_dir/.lock, so the kernel releases it when the
+    process ends, even after SIGKILL. release_run_dir() releases it earlier.
+    """
+    key = run_dir.resolve()
+    if key in _held_locks:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise ConfigError(f"{run_dir} is in use by another distgan training (process {owner}); wait for it to "
+                          "finish, or choose another --out") from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, str(os.getpid()).encode(), 0)
+    _held_locks[key] = descriptor
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Release the lock that lock_run_dir() took on `run_dir`, if this process holds it."""
+    descriptor = _held_locks.pop(run_dir.resolve(), None)
+    if descriptor is not None:
+        os.close(descriptor)
 
 
 def check_writable(run_dir: Path) -> None:
@@ -110,7 +173,15 @@ def _continued_run(run_dir: Path, config_file: str | Path | None, overrides: dic
     explicit = dict(load_toml(config_file)) if config_file else {}
     explicit.update({key: value for key, value in overrides.items() if value is not None})
     explicit.pop("out", None)
-    config = resumed_config(load_saved(saved_path), explicit)
+    saved = load_saved(saved_path)
+    if "data" in explicit:
+        explicit["data"] = _absolute_data(explicit["data"])
+        if explicit["data"] != saved.data and saved.data != _absolute_data(saved.data):
+            saved = saved.replace(data=_absolute_data(saved.data))  # a run saved with a relative path
+        if explicit["data"] != saved.data and not Path(saved.data).exists():
+            logger.warning("the data of this run moved from %s to %s", saved.data, explicit["data"])
+            saved = saved.replace(data=explicit["data"])
+    config = resumed_config(saved, explicit)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise CheckpointError(
@@ -118,4 +189,8 @@ def _continued_run(run_dir: Path, config_file: str | Path | None, overrides: dic
             "wrong with each); remove the damaged step-NNNNNNN directories to start the run over, or choose "
             "another --out"
         )
+    reached = int(checkpoint.name.removeprefix("step-"))
+    if config.steps < reached:
+        raise ConfigError(f"the run in {run_dir} is already at step {reached}, beyond --steps {config.steps}; "
+                          f"pass a --steps above {reached} to train further, or choose another --out")
     return config, checkpoint

@@ -55,7 +55,7 @@ from distgan.models import build_discriminator, build_generator, default_archite
 from distgan.models.sync_batchnorm import convert_batchnorm
 from distgan.performance import apply_speed_options
 from distgan.retention import prune_checkpoints
-from distgan.run import CONFIG_FILE
+from distgan.run import CONFIG_FILE, release_run_dir
 from distgan.seeding import derive_seed, global_latents, local_rows, make_generator, seed_device_rng
 from distgan.step import GOOD_COUNT, R1_COUNT, SKIPPED, STAT_NAMES, AdversarialStep, MicroBatch, Penalties
 from distgan.tracking import JsonlTracker, truncate_metrics
@@ -188,6 +188,9 @@ class Trainer:
         if cfg.batch_size % world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} is the global batch of one micro-batch and must divide "
                               f"evenly among {world_size} processes; choose a multiple of {world_size}")
+        if accelerator.mixed_precision == "fp16" and self.device.type == "cpu":
+            raise ConfigError("--mixed-precision fp16 needs a GPU: on the CPU Accelerate applies neither fp16 "
+                              "autocast nor a GradScaler, so the run would silently be float32. Use bf16 or no.")
         cfg = self.config = cfg.replace(mixed_precision=accelerator.mixed_precision)
 
         G, D, self.architecture = self._build_models()
@@ -269,6 +272,7 @@ class Trainer:
             source.close()
         for name in ("step_runner", "G", "D", "G_inner", "D_inner", "opt_G", "opt_D"):
             self.__dict__.pop(name, None)
+        release_run_dir(self.run_dir)
         accelerator = self.__dict__.get("accelerator")
         if accelerator is None:
             return

@@ -108,3 +108,53 @@ def test_sample_bad_latents(exported_onnx: Path, tmp_path: Path):
                       "invalid providers 'tpu'")
     metadata = json.loads(exported_onnx.with_suffix(".json").read_text())
     assert metadata["z_dim"] == 64
+
+
+def test_concurrent_run_into_same_directory_is_rejected(tmp_path: Path):
+    import subprocess
+    import sys
+    import time
+
+    first = subprocess.Popen([sys.executable, "-m", "distgan", "train", "--data", "ring8", "--steps", "5000",
+                              "--out", "run"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "run" / "config.toml").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        result = run_distgan("train", "--data", "ring8", "--steps", "10", "--out", "run", cwd=tmp_path)
+        assert_user_error(result, "run is in use by another distgan training", f"process {first.pid}")
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_foreign_folder_is_not_overwritten(tmp_path: Path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.toml").write_text("my own notes\n")
+    assert_user_error(run_distgan("train", "--data", "ring8", "--steps", "2", "--out", "mine", cwd=tmp_path),
+                      "is an existing folder that is not a distgan run (it contains config.toml)")
+    assert (tmp_path / "mine" / "config.toml").read_text() == "my own notes\n"
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--name", "../escape"], "must be a plain, non-empty run name"),
+    (["--out", ""], "out must not be empty"),
+    (["--mixed-precision", "fp16", "--cpu"], "--mixed-precision fp16 needs a GPU"),
+])
+def test_invalid_run_names_and_precision(tmp_path: Path, args: list[str], fragment: str):
+    assert_user_error(run_distgan("train", "--data", "ring8", "--steps", "1", *args, cwd=tmp_path), fragment)
+
+
+def test_resume_from_another_directory_and_lower_steps(tmp_path: Path):
+    (tmp_path / "work" / "images" / "a").mkdir(parents=True)
+    for index in range(4):
+        Image.new("RGB", (8, 8), (index * 60, 0, 0)).save(tmp_path / "work" / "images" / "a" / f"{index}.png")
+    common = ["train", "--data", "images", "--resolution", "8", "--model", "dense", "--width", "8", "--batch-size", "4",
+              "--sample-every", "0"]
+    assert_ok(run_distgan(*common, "--steps", "2", "--out", "run", cwd=tmp_path / "work"))
+    # From the parent directory, the saved absolute data path still resolves.
+    result = run_distgan("train", "--out", "work/run", "--steps", "3", cwd=tmp_path)
+    assert_ok(result)
+    assert "at step 2" in result.stderr
+    assert_user_error(run_distgan("train", "--out", "work/run", "--steps", "1", cwd=tmp_path),
+                      "already at step 3, beyond --steps 1")

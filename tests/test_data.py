@@ -143,3 +143,26 @@ def test_damaged_pixels_fail_when_a_batch_reaches_them(tmp_path: Path):
     source = dataset.source(seed=0, global_batch=2, rank=0, world_size=1, device=CPU, end_step=1, num_workers=1)
     with pytest.raises(DataError, match="cannot decode image .*damaged.png"):
         source.batch(0)
+
+
+def test_fit_image_scales_sixteen_bit_grayscale():
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    array = fit_image(Image.fromarray(ramp), 1, 8)[0, 0]
+    assert array[0] < 20 and array[-1] > 235  # a ramp, not white from clipping
+    assert (np.diff(array.astype(int)) > 0).all()
+
+
+def test_fit_image_applies_exif_orientation(tmp_path: Path):
+    image = Image.new("L", (40, 20), 0)
+    image.paste(255, (0, 0, 20, 20))  # left half white
+    exif = image.getexif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the white half on top
+    image.save(tmp_path / "photo.jpg", exif=exif)
+    with Image.open(tmp_path / "photo.jpg") as photo:
+        array = fit_image(photo, 1, 20)[0]
+    assert array[0].mean() > 200 and array[-1].mean() < 50
+
+
+def test_fit_image_puts_transparency_on_white():
+    assert fit_image(Image.new("RGBA", (4, 4), (255, 0, 0, 0)), 3, 4)[:, 0, 0].tolist() == [255, 255, 255]
+    assert fit_image(Image.new("RGBA", (4, 4), (255, 0, 0, 255)), 3, 4)[:, 0, 0].tolist() == [255, 0, 0]
