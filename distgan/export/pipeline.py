@@ -193,8 +193,12 @@ def export_generator(generator: nn.Module, record: dict[str, Any], out: str | Pa
             raise ExportError(f"{error}; {out} was not written. Raise --atol only if this difference is "
                               "acceptable.") from None
 
+        def optimize(destination: Path) -> None:
+            rewritten = build_optimized(staged, destination)
+            notes.append(f"the optimized variant has {rewritten} ConvTranspose rewrite(s) (see distgan.export.rewrite)")
+
         builders = {
-            "optimized": lambda destination: build_optimized(staged, destination),
+            "optimized": optimize,
             "fp16": lambda destination: build_fp16(staged, destination),
             "int8": lambda destination: build_int8(staged, destination, z_dim, classes),
         }

@@ -1,9 +1,11 @@
 """Derived ONNX files built from a validated float32 export with onnxruntime's own tools.
 
-- optimized: onnxruntime's offline graph optimization (constant folding,
-  redundant node removal, op fusions) at the "extended" level, saved to a file.
-  The "all" level adds layout transformations tied to the CPU that ran them,
-  which onnxruntime's documentation advises against saving.
+- optimized: distgan's exact rewrites of transposed convolutions (see
+  distgan.export.rewrite), then onnxruntime's offline graph optimization
+  (constant folding, redundant node removal, op fusions) at the "extended"
+  level, saved to a file. The "all" level adds layout transformations tied to
+  the CPU that ran them, which onnxruntime's documentation advises against
+  saving; onnxruntime applies them again when it loads the file.
 - fp16: float16 weights and compute, with float32 inputs and outputs so that
   callers feed and read the same arrays as the float32 file.
 - int8: static QDQ quantization, int8 weights per output channel and uint8
@@ -22,6 +24,7 @@ import onnxruntime as ort
 
 from distgan.errors import ExportError
 from distgan.export.metadata import LABEL_INPUT, Z_INPUT
+from distgan.export.rewrite import rewrite_conv_transpose
 
 VARIANTS = ("optimized", "fp16", "int8")
 FP16_ATOL = 2e-2  # accepted |fp16 - PyTorch float32| in output units: about 2.5 gray levels of 255
@@ -37,15 +40,21 @@ def variant_path(base: Path, variant: str) -> Path:
     return base.with_name(f"{base.stem}.{variant}{base.suffix}")
 
 
-def build_optimized(source: Path, destination: Path) -> None:
-    """Save onnxruntime's "extended" level graph optimization of `source` to `destination`."""
+def build_optimized(source: Path, destination: Path) -> int:
+    """Rewrite the transposed convolutions of `source`, then save onnxruntime's "extended" optimization of it.
+
+    Returns the number of ConvTranspose nodes rewritten (see distgan.export.rewrite).
+    """
+    rewritten_model, rewritten = rewrite_conv_transpose(onnx.load(str(source)))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(destination)
     try:
-        ort.InferenceSession(str(source), sess_options=options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(rewritten_model.SerializeToString(), sess_options=options,
+                             providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types
         raise ExportError(f"onnxruntime's graph optimization failed: {error}") from None
+    return rewritten
 
 
 def build_fp16(source: Path, destination: Path) -> None:
@@ -71,7 +80,8 @@ def check_fp16_range(source: Path, feed: dict[str, np.ndarray]) -> None:
     float16's largest finite value.
     """
     model = onnx.shape_inference.infer_shapes(onnx.load(str(source)))
-    float_values = [info for info in model.graph.value_info if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+    float_values = [info for info in model.graph.value_info
+                    if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
     producers = {output: node for node in model.graph.node for output in node.output}
     del model.graph.output[:]
     model.graph.output.extend(float_values)
