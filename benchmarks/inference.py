@@ -15,7 +15,7 @@ z_dim 64, width 64):
 
 Prints a table and writes every figure to a JSON file. The targets are
 onnxruntime >= 3x PyTorch eager at batch 1, >= 1.2x at batch 64, and >= 75%
-of the matmul peak at batch 64; the table says which are met. Timings on a
+of the matmul peak at batch 64, and the table marks each as met or missed. Timings on a
 shared machine are noisy: the configurations alternate in rounds, each
 latency is the median of its least disturbed round, and the matmul peak is
 the fastest call of all rounds.
@@ -141,7 +141,7 @@ def matmul_runs() -> dict[str, Callable[[], Any]]:
 
 
 def session_settings() -> dict[str, ort.SessionOptions]:
-    """The onnxruntime session settings compared: the default and the thread settings that the docs suggest."""
+    """Return the onnxruntime session settings compared: the default and two thread settings."""
     default = ort.SessionOptions()
 
     no_spinning = ort.SessionOptions()
@@ -186,7 +186,7 @@ def benchmark(run: Path | None, repeats: int, rounds: int) -> dict[str, Any]:
         for name, session in sessions.items():
             runs[f"onnxruntime, {name}"] = (lambda session=session: session.run(None, {"z": z}))
         if batch_size == max(BATCH_SIZES):
-            # The peak is measured in the same rounds, so it sees the same load as the generator.
+            # The peak is measured in the same rounds, so it runs under the same load as the generator.
             runs.update({f"matmul {name}": call for name, call in matmul_runs().items()})
         timings = interleaved_latencies_ms(runs, repeats if batch_size == 1 else max(10, repeats // 10), rounds)
         # A peak is the best rate reached, so the matmul figures take the fastest call of all rounds.

@@ -138,11 +138,11 @@ class OnnxGenerator:
     def _check_graph(self) -> None:
         z_input = self.session.get_inputs()[0]
         if z_input.shape[1] != self.z_dim:
-            raise InputError(f"{self.path}: the metadata says z_dim {self.z_dim} but the input '{z_input.name}' has "
+            raise InputError(f"{self.path}: the metadata sets z_dim {self.z_dim} but the input '{z_input.name}' has "
                              f"shape {z_input.shape}; the file and its metadata do not belong together")
         expected_inputs = 2 if self.num_classes else 1
         if len(self.input_names) != expected_inputs:
-            raise InputError(f"{self.path}: the metadata says num_classes {self.num_classes} but the graph has "
+            raise InputError(f"{self.path}: the metadata sets num_classes {self.num_classes} but the graph has "
                              f"inputs {self.input_names}; a conditional generator has inputs z and label")
 
     @property
@@ -169,7 +169,7 @@ class OnnxGenerator:
         if z.ndim != 2 or z.shape[1] != self.z_dim or z.shape[0] < 1:
             raise InputError(f"z must have shape [batch, {self.z_dim}] with batch >= 1, got {list(z.shape)}")
         if not np.isfinite(z).all():
-            raise InputError("z holds NaN or Inf values")
+            raise InputError("z contains NaN or Inf values; draw finite latents")
         return z
 
     def check_labels(self, labels: Any, batch_size: int) -> np.ndarray | None:

@@ -1,7 +1,7 @@
 """The exported generator inside other apps: the web page in headless Chromium and the Node.js program.
 
 Both must draw the pixels that the Python runtime computes for the same latents. The tests skip only
-where Node.js, Chromium or the kits' npm packages are missing; under CI (CI set) they fail instead,
+where Node.js, Chromium or the kits' npm packages are missing. Under CI (CI set) they fail instead,
 because .ci/run installs all of them.
 """
 

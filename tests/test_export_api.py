@@ -178,7 +178,8 @@ def test_uint8_postprocess_bakes_nhwc_pixels(tmp_path: Path):
 
     z = np.random.default_rng(3).standard_normal((5, Z_DIM), dtype=np.float32)
     pixels = OnnxGenerator(tmp_path / "u8.onnx", providers="cpu").generate(z)
-    assert pixels.dtype == np.uint8 and pixels.shape == (5, 4, 4, 1)
+    assert pixels.dtype == np.uint8
+    assert pixels.shape == (5, 4, 4, 1)
     with torch.no_grad():
         images = generator(torch.from_numpy(z)).numpy()
     expected = np.clip(np.rint((images + 1.0) * 127.5), 0, 255).transpose(0, 2, 3, 1)
@@ -197,12 +198,14 @@ def test_variants_written_validated_and_described(tmp_path: Path):
     base = OnnxGenerator(tmp_path / "g.onnx", providers="cpu").generate(z)
     for file in report.files:
         assert file.file_size == file.path.stat().st_size
-        assert file.speed.median_ms > 0 and file.speed.batch_size == 64
+        assert file.speed.median_ms > 0
+        assert file.speed.batch_size == 64
         assert 0 <= file.max_abs_diff <= file.parity[0].tolerance
         assert metadata_of(file.path)["variant"] == file.variant
         assert json.loads(file.path.with_suffix(".json").read_text())["onnx"]["metadata"]["variant"] == file.variant
         output = OnnxGenerator(file.path, providers="cpu").generate(z)
-        assert output.dtype == np.float32 and output.shape == (6, *SHAPE)
+        assert output.dtype == np.float32
+        assert output.shape == (6, *SHAPE)
         assert np.abs(output - base).max() <= file.parity[0].tolerance
     int8_model = onnx.load(str(tmp_path / "g.int8.onnx"))
     assert any(node.op_type == "DequantizeLinear" for node in int8_model.graph.node)
@@ -273,5 +276,12 @@ def test_unconditional_runtime_rejects_labels(tmp_path: Path):
     assert runtime.num_classes == 0
     with pytest.raises(InputError, match="unconditional generator and takes no labels"):
         runtime.sample(2, seed=0, labels=1)
-    with pytest.raises(InputError, match="z holds NaN or Inf"):
+    with pytest.raises(InputError, match="z contains NaN or Inf"):
         runtime.generate(np.full((1, Z_DIM), np.nan, np.float32))
+
+
+def test_int8_beyond_tolerance_fails(tmp_path: Path):
+    options = ExportOptions(variants=("int8",), int8_atol=1e-6)
+    with pytest.raises(ExportError, match=r"the int8 variant failed: .* tolerance 1e-06 \(mean 0\.02\) \(batch 1: max "):
+        export_generator(ReshapingGenerator(), image_record(), tmp_path / "g.onnx", options)
+    assert list(tmp_path.iterdir()) == []

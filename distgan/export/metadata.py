@@ -1,8 +1,8 @@
 """The description of an exported generator: ONNX metadata_props and the generator.json beside the file.
 
 Applications read everything they need from these keys, so the names and
-meanings are a contract: z_dim, num_classes, class_names, sample_shape (the
-shape of one output sample, in the order `layout` names), value_range,
+meanings are a contract. The keys are z_dim, num_classes, class_names,
+sample_shape (one output sample, in the order `layout` names), value_range,
 layout, dtype (of the output), postprocess, variant, the distgan version and
 the training step.
 """
@@ -90,7 +90,7 @@ def write_sidecar(onnx_path: Path, record: dict[str, Any], metadata: dict[str, s
                   opset: int) -> Path:
     """Write the JSON description beside `onnx_path` for runtimes whose API cannot read ONNX metadata.
 
-    The file holds the training record plus an "onnx" object with the file
+    The file contains the training record plus an "onnx" object with the file
     name, opset, exporter and the same metadata strings as the ONNX file.
     """
     sidecar = {**record, "onnx": {"file": onnx_path.name, "opset": opset, "exporter": exporter,

@@ -1,11 +1,11 @@
 """Checks on the PyTorch generator before conversion: it must be a pure function of its inputs.
 
 A generator that draws its own noise in forward() exports to a graph whose
-output changes from run to run (or to a graph with no latent input at all),
-and one whose samples depend on the other samples in the batch (BatchNorm in
-training mode, norms without running statistics, minibatch statistics)
-produces different images for the same z depending on the batch size. Both are
-rejected here, with the reason, before any file is written.
+output changes from run to run, or to a graph with no latent input at all. A
+generator whose samples depend on the other samples in the batch (BatchNorm in
+training mode, norms without running statistics, minibatch statistics) gives
+different images for the same z at different batch sizes. Both are rejected
+here, with the reason, before any file is written.
 """
 
 from __future__ import annotations
@@ -58,13 +58,12 @@ def check_generator(generator: nn.Module, z_dim: int, classes: int, sample_shape
     """Reject a generator (in eval mode) whose output is not a function of each sample's own inputs.
 
     Runs PREFLIGHT_BATCH random latents (and labels in [0, classes) when
-    classes > 0) twice as one batch and once one by one. Raises ExportError when
-    the call fails, when the output is not a float tensor of shape
-    [batch, *sample_shape], when two runs on the same inputs differ (the
-    generator draws its own noise), or when a sample of the batch differs from
-    the same inputs run alone by more than INDEPENDENCE_RTOL times the largest
-    output magnitude, at least 1 (the output depends on other samples in the
-    batch).
+    classes > 0) twice as one batch and once one by one. Raises ExportError
+    when the call fails or the output is not a float tensor of shape
+    [batch, *sample_shape]. It also raises when two runs on the same inputs
+    differ, because the generator draws its own noise, and when a sample of the
+    batch differs from the same inputs run alone by more than INDEPENDENCE_RTOL
+    times the largest output magnitude (at least 1).
     """
     z, labels = _example_inputs(z_dim, classes, PREFLIGHT_BATCH)
     call = "G(z, labels) with labels int64 [batch]" if classes else "G(z)"

@@ -4,8 +4,8 @@
   distgan.export.rewrite), then onnxruntime's offline graph optimization
   (constant folding, redundant node removal, op fusions) at the "extended"
   level, saved to a file. The "all" level adds layout transformations tied to
-  the CPU that ran them, which onnxruntime's documentation advises against
-  saving; onnxruntime applies them again when it loads the file.
+  the CPU that ran them, and onnxruntime's documentation advises against
+  saving those. onnxruntime applies them again when it loads the file.
 - fp16: float16 weights and compute, with float32 inputs and outputs so that
   callers feed and read the same arrays as the float32 file.
 - int8: static QDQ quantization, int8 weights per output channel and uint8
@@ -28,7 +28,11 @@ from distgan.export.rewrite import rewrite_conv_transpose
 
 VARIANTS = ("optimized", "fp16", "int8")
 FP16_ATOL = 2e-2  # accepted |fp16 - PyTorch float32| in output units: about 2.5 gray levels of 255
-INT8_ATOL = 0.25  # accepted |int8 - PyTorch float32|: int8 activations carry 8 bits over their calibrated range
+# int8 activations carry 8 bits over their calibrated range, so a few pixels move by up to about 30 of 255
+# gray levels (measured on the MNIST DCGAN generator) while the mean moves by under one level. The mean
+# bound catches a broken quantization, the max bound a localized one.
+INT8_ATOL = 0.5  # accepted max |int8 - PyTorch float32| in output units
+INT8_MEAN_ATOL = 0.02  # accepted mean |int8 - PyTorch float32|: 2.5 gray levels of 255
 FP16_MAX = 65504.0  # largest finite float16 value
 CALIBRATION_SEED = 2024  # seed of the calibration latents, distinct from the parity seed
 CALIBRATION_BATCHES = 8
