@@ -13,8 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from distgan.export.rewrite import rewrite_conv_transpose
 
 
-def conv_transpose_model(weight: np.ndarray, bias: np.ndarray | None, size: int, stride: int, pads: list[int]
-                         ) -> onnx.ModelProto:
+def conv_transpose_model(weight: np.ndarray, bias: np.ndarray | None, size: int, stride: int, pads: list[int],
+                         opset: int = 18) -> onnx.ModelProto:
     channels_in, _, kernel, _ = weight.shape
     inputs = ["x", "weight"] + (["bias"] if bias is not None else [])
     node = helper.make_node("ConvTranspose", inputs, ["y"], kernel_shape=[kernel, kernel], strides=[stride, stride],
@@ -25,7 +25,7 @@ def conv_transpose_model(weight: np.ndarray, bias: np.ndarray | None, size: int,
     graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                                               ["batch", channels_in, size, size])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
 
 
 @pytest.mark.parametrize(("channels_out", "kernel", "stride", "padding", "size", "use_bias", "expected_ops"), [
@@ -35,8 +35,8 @@ def conv_transpose_model(weight: np.ndarray, bias: np.ndarray | None, size: int,
     (32, 4, 2, 1, 7, False, {"Conv", "DepthToSpace"}),
     (16, 7, 1, 0, 1, True, {"MatMul"}),  # the projection of z onto a 7x7 map
     (4, 4, 1, 0, 1, False, {"MatMul"}),
-    (16, 3, 2, 1, 5, False, {"ConvTranspose"}),  # odd output size 9: phases differ in size, left alone
-    (4, 4, 2, 1, 5, False, {"ConvTranspose"}),  # few output channels: left alone
+    (16, 3, 2, 1, 5, True, {"MatMul", "Col2Im"}),  # odd output size 9: phases would differ in size
+    (4, 4, 2, 1, 5, False, {"MatMul", "Col2Im"}),  # few output channels: blocked Conv would pad them
 ])
 def test_rewrite_matches_pytorch(channels_out: int, kernel: int, stride: int, padding: int, size: int,
                                  use_bias: bool, expected_ops: set[str]):
@@ -48,7 +48,8 @@ def test_rewrite_matches_pytorch(channels_out: int, kernel: int, stride: int, pa
     onnx.checker.check_model(rewritten, full_check=True)
     op_types = {node.op_type for node in rewritten.graph.node}
     assert expected_ops <= op_types
-    assert count == (0 if expected_ops == {"ConvTranspose"} else 1)
+    assert "ConvTranspose" not in op_types
+    assert count == 1
 
     session = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"])
     for batch_size in (1, 3):
@@ -60,14 +61,22 @@ def test_rewrite_matches_pytorch(channels_out: int, kernel: int, stride: int, pa
         assert np.abs(actual - expected).max() < 1e-4
 
 
-@pytest.mark.parametrize(("kernel", "stride", "padding", "use_bias", "activation"), [
-    (4, 2, 1, True, "Relu"),  # the last two layers of a DCGAN generator
-    (3, 1, 1, False, "LeakyRelu"),
-    (5, 2, 2, True, "Relu"),
-    (2, 2, 0, False, "Tanh"),
+def test_rewrite_before_opset_18_keeps_conv_transpose():
+    weight = np.random.default_rng(0).standard_normal((8, 4, 4, 4)).astype(np.float32)
+    rewritten, count = rewrite_conv_transpose(conv_transpose_model(weight, None, 5, 2, [1] * 4, opset=17))
+    assert count == 0
+    assert [node.op_type for node in rewritten.graph.node] == ["ConvTranspose"]
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "use_bias", "activation", "opset"), [
+    (4, 2, 1, True, "Relu", 18),  # the last two layers of a DCGAN generator
+    (4, 2, 1, True, "Relu", 17),  # before Col2Im: one ConvTranspose over the stacked phases
+    (3, 1, 1, False, "LeakyRelu", 18),
+    (5, 2, 2, True, "Relu", 17),
+    (2, 2, 0, False, "Tanh", 18),
 ])
 def test_rewrite_runs_next_layer_on_phases(kernel: int, stride: int, padding: int, use_bias: bool,
-                                           activation: str):
+                                           activation: str, opset: int):
     rng = np.random.default_rng(kernel * 10 + stride)
     first = rng.standard_normal((8, 16, 4, 4)).astype(np.float32)
     second = rng.standard_normal((16, 3, kernel, kernel)).astype(np.float32)
@@ -85,14 +94,16 @@ def test_rewrite_runs_next_layer_on_phases(kernel: int, stride: int, padding: in
     graph = helper.make_graph(nodes, "two_layers", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                                                   ["batch", 8, 5, 5])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
 
     rewritten, count = rewrite_conv_transpose(model)
     onnx.checker.check_model(rewritten, full_check=True)
     op_types = [node.op_type for node in rewritten.graph.node]
     assert count == 2
     assert "DepthToSpace" not in op_types
-    assert op_types.count("ConvTranspose") == 4  # the second layer, once per phase of the first
+    # The second layer runs once over the stacked phases of the first.
+    assert op_types.count("Col2Im") == (1 if opset >= 18 else 0)
+    assert op_types.count("ConvTranspose") == (0 if opset >= 18 else 1)
 
     activations = {"Relu": torch.relu, "LeakyRelu": lambda t: F.leaky_relu(t, 0.01), "Tanh": torch.tanh}
     session = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -2,7 +2,7 @@
 
 onnxruntime (1.31) computes ConvTranspose image by image as a small matrix
 product followed by a scatter (col2im), which wastes most of the CPU on the
-layers of a DCGAN generator. Two exact rewrites replace it:
+layers of a DCGAN generator. These exact rewrites replace it:
 
 - A ConvTranspose on a 1x1 input without padding (the projection of z) is a
   matrix product: [B, C] x [C, O*kh*kw], reshaped to [B, O, kh, kw].
@@ -11,12 +11,14 @@ layers of a DCGAN generator. Two exact rewrites replace it:
   (polyphase decomposition), whose outputs DepthToSpace interleaves. Each
   phase convolves the input with the kernel taps that land on it, so the work
   is the same, and onnxruntime runs Conv with its blocked (NCHWc) kernels.
-
 - A ConvTranspose that reads such an interleaved map (through elementwise
-  ops such as Relu) runs on each phase with the combined stride, and the
-  shifted partial outputs are summed. This removes the DepthToSpace copy,
-  which onnxruntime runs on one thread and which took about 30% of a DCGAN
-  generator's time at batch 64.
+  ops such as Relu) runs on the stacked phases with the combined stride and
+  a kernel that places each phase's weights at its offset. This removes the
+  DepthToSpace copy, which onnxruntime runs on one thread and which took
+  about 30% of a DCGAN generator's time at batch 64.
+- From opset 18 on, the remaining ConvTranspose nodes (and the previous one)
+  become one batched MatMul and Col2Im, which onnxruntime spreads over all
+  threads.
 
 All are the same function up to float rounding; the caller validates the
 rewritten file against PyTorch like any other.
@@ -31,10 +33,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-# Below this many output channels the blocked Conv kernels pad the channel axis and the plain
-# ConvTranspose is faster (measured with onnxruntime 1.31 on an AVX-512 CPU: 64 -> 1 channels took
-# 4x longer as phases).
+# Below this many output channels the blocked Conv kernels pad the channel axis, and a plain scatter is
+# faster (measured with onnxruntime 1.31 on a 2-core AVX-512 CPU: the 64 -> 1 channel layer of the MNIST
+# DCGAN took several times longer as four phases).
 POLYPHASE_MIN_CHANNELS = 16
+COL2IM_OPSET = 18  # the first opset with Col2Im in the default ONNX domain
 # Ops that act on each element alone, so they commute with the interleaving of phases.
 ELEMENTWISE_OPS = {"Relu", "LeakyRelu", "Tanh", "Sigmoid", "Elu", "Selu", "Identity"}
 
@@ -93,7 +96,8 @@ def _projection_nodes(layer: _ConvTranspose, prefix: str) -> tuple[list[onnx.Nod
     node = layer.node
     matrix = layer.weight.reshape(channels_in, channels_out * kernel_h * kernel_w)
     shape = np.array([-1, channels_out, kernel_h, kernel_w], np.int64)
-    initializers = [numpy_helper.from_array(matrix, f"{prefix}_matrix"), numpy_helper.from_array(shape, f"{prefix}_shape")]
+    initializers = [numpy_helper.from_array(matrix, f"{prefix}_matrix"),
+                    numpy_helper.from_array(shape, f"{prefix}_shape")]
     nodes = [helper.make_node("Flatten", [node.input[0]], [f"{prefix}_flat"], axis=1, name=f"{prefix}_flatten"),
              helper.make_node("MatMul", [f"{prefix}_flat", f"{prefix}_matrix"], [f"{prefix}_product"],
                               name=f"{prefix}_matmul")]
@@ -163,6 +167,53 @@ def _polyphase_nodes(layer: _ConvTranspose, prefix: str) -> tuple[list[onnx.Node
     return nodes, initializers
 
 
+def _scatter_nodes(input_name: str, weight: np.ndarray, bias_name: str | None, strides: list[int],
+                   pads: list[int], output_size: list[int], output_name: str, prefix: str, opset: int
+                   ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Emit a ConvTranspose as one batched MatMul and Col2Im, or as a ConvTranspose node before opset 18.
+
+    onnxruntime runs the batched MatMul on all threads, which its ConvTranspose,
+    looping over the images of the batch, does not.
+    """
+    channels_in, channels_out, kernel_h, kernel_w = weight.shape
+    if opset < COL2IM_OPSET:
+        inputs = [input_name, f"{prefix}_weight"] + ([bias_name] if bias_name else [])
+        node = helper.make_node("ConvTranspose", inputs, [output_name], name=f"{prefix}_scatter",
+                                kernel_shape=[kernel_h, kernel_w], strides=strides, pads=pads)
+        return [node], [numpy_helper.from_array(weight, f"{prefix}_weight")]
+    # Col2Im reads rows in (channel, kernel row, kernel column) order, as ConvTranspose weights flatten.
+    matrix = weight.reshape(channels_in, channels_out * kernel_h * kernel_w).T.copy()
+    initializers = [numpy_helper.from_array(matrix, f"{prefix}_matrix"),
+                    numpy_helper.from_array(np.array([0, channels_in, -1], np.int64), f"{prefix}_flat_shape"),
+                    numpy_helper.from_array(np.array(output_size, np.int64), f"{prefix}_image_shape"),
+                    numpy_helper.from_array(np.array([kernel_h, kernel_w], np.int64), f"{prefix}_block_shape")]
+    image = output_name if bias_name is None else f"{prefix}_image"
+    nodes = [
+        helper.make_node("Reshape", [input_name, f"{prefix}_flat_shape"], [f"{prefix}_flat"], name=f"{prefix}_flatten"),
+        helper.make_node("MatMul", [f"{prefix}_matrix", f"{prefix}_flat"], [f"{prefix}_columns"],
+                         name=f"{prefix}_matmul"),
+        helper.make_node("Col2Im", [f"{prefix}_columns", f"{prefix}_image_shape", f"{prefix}_block_shape"], [image],
+                         name=f"{prefix}_col2im", strides=strides, pads=pads),
+    ]
+    if bias_name is not None:
+        initializers.append(numpy_helper.from_array(np.array([1, channels_out, 1, 1], np.int64),
+                                                    f"{prefix}_bias_shape"))
+        nodes += [helper.make_node("Reshape", [bias_name, f"{prefix}_bias_shape"], [f"{prefix}_bias"],
+                                   name=f"{prefix}_bias_reshape"),
+                  helper.make_node("Add", [image, f"{prefix}_bias"], [output_name], name=f"{prefix}_add_bias")]
+    return nodes, initializers
+
+
+def _output_size(layer: _ConvTranspose) -> list[int]:
+    kernel = layer.weight.shape[2:]
+    return [(size - 1) * layer.strides[axis] - layer.pads[axis] - layer.pads[axis + 2] + kernel[axis]
+            for axis, size in enumerate(layer.input_size)]
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
 def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -203,65 +254,57 @@ def _phase_inputs(model: onnx.ModelProto, layer: _ConvTranspose, consumers: dict
 
 
 def _phase_consumer_nodes(layer: _ConvTranspose, block: int, phases: list[str], chain: list[onnx.NodeProto],
-                          phase_size: tuple[int, int], prefix: str
+                          phase_size: tuple[int, int], prefix: str, opset: int
                           ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]] | None:
-    """Rewrite DepthToSpace -> elementwise ops -> ConvTranspose to run the ConvTranspose on each phase.
+    """Rewrite DepthToSpace -> elementwise ops -> ConvTranspose as one scatter over the stacked phases.
 
     Input pixel block*m + r of the interleaved map lands at output
-    block*stride*m + r*stride - pad_begin + k, so each phase is a ConvTranspose
-    with stride block*stride whose output is shifted by r*stride - pad_begin.
-    The shifted partial outputs are summed, and the large DepthToSpace copy
-    disappears.
+    block*stride*m + r*stride - pad_begin + k. So the phases, stacked along the
+    channel axis, feed one transposed convolution with stride block*stride
+    whose kernel contains each phase's copy of the weights shifted by
+    r*stride - pad_begin. Summing over the stacked channels adds the phases'
+    contributions, and the large DepthToSpace copy disappears.
     """
     stride = layer.strides[0]
     if layer.strides[1] != stride:
         return None
-    kernel_h, kernel_w = layer.weight.shape[2:]
+    channels_in, channels_out, kernel_h, kernel_w = layer.weight.shape
     combined = block * stride
-    nodes: list[onnx.NodeProto] = []
-    initializers: list[onnx.TensorProto] = []
-    partials = []
-    for index, phase in enumerate(phases):
+    shifts = [[phase * stride - layer.pads[axis] for phase in range(block)] for axis in (0, 1)]
+    base = [min(0, *axis_shifts) for axis_shifts in shifts]
+    kernel = [size + max(axis_shifts) - low for size, axis_shifts, low in zip((kernel_h, kernel_w), shifts, base)]
+    sizes_out = [(block * size - 1) * stride - layer.pads[axis] - layer.pads[axis + 2] + (kernel_h, kernel_w)[axis]
+                 for axis, size in enumerate(phase_size)]
+    pads_end = [(size - 1) * combined + kernel[axis] + base[axis] - sizes_out[axis]
+                for axis, size in enumerate(phase_size)]
+    # Trailing zero taps make room where the last phase's output ends before the layer's output does.
+    kernel = [size - min(0, end) for size, end in zip(kernel, pads_end)]
+    pads_end = [max(0, end) for end in pads_end]
+
+    weight = np.zeros((block * block * channels_in, channels_out, *kernel), np.float32)
+    for index in range(block * block):
         phase_h, phase_w = divmod(index, block)
-        name = f"{prefix}_phase{phase_h}{phase_w}"
+        top, left = shifts[0][phase_h] - base[0], shifts[1][phase_w] - base[1]
+        rows = slice(index * channels_in, (index + 1) * channels_in)
+        weight[rows, :, top : top + kernel_h, left : left + kernel_w] = layer.weight
+
+    nodes: list[onnx.NodeProto] = []
+    stacked = []
+    for index, phase in enumerate(phases):
         current = phase
         for step, node in enumerate(chain):
-            output = f"{name}_{node.op_type.lower()}{step}"
+            output = f"{prefix}_phase{index}_{node.op_type.lower()}{step}"
             nodes.append(helper.make_node(node.op_type, [current, *node.input[1:]], [output], name=output,
                                           domain=node.domain))
             nodes[-1].attribute.extend(node.attribute)
             current = output
-        nodes.append(helper.make_node("ConvTranspose", [current, layer.node.input[1]], [f"{name}_scatter"],
-                                      name=f"{name}_scatter", kernel_shape=[kernel_h, kernel_w],
-                                      strides=[combined, combined]))
-        # Shift the partial output into place: positive amounts pad, negative amounts crop.
-        begin = [phase_h * stride - layer.pads[0], phase_w * stride - layer.pads[1]]
-        end = [stride * (block - 1 - phase_h) - layer.pads[2], stride * (block - 1 - phase_w) - layer.pads[3]]
-        current = f"{name}_scatter"
-        if any(amount < 0 for amount in [*begin, *end]):
-            sizes = [(phase_size[axis] - 1) * combined + kernel for axis, kernel in enumerate((kernel_h, kernel_w))]
-            starts = [max(0, -amount) for amount in begin]
-            ends = [size - max(0, -amount) for size, amount in zip(sizes, end)]
-            initializers += [numpy_helper.from_array(np.array(starts, np.int64), f"{name}_starts"),
-                             numpy_helper.from_array(np.array(ends, np.int64), f"{name}_ends"),
-                             numpy_helper.from_array(np.array([2, 3], np.int64), f"{name}_axes")]
-            nodes.append(helper.make_node("Slice", [current, f"{name}_starts", f"{name}_ends", f"{name}_axes"],
-                                          [f"{name}_cropped"], name=f"{name}_crop"))
-            current = f"{name}_cropped"
-        if any(amount > 0 for amount in [*begin, *end]):
-            pads = [0, 0, max(0, begin[0]), max(0, begin[1]), 0, 0, max(0, end[0]), max(0, end[1])]
-            initializers.append(numpy_helper.from_array(np.array(pads, np.int64), f"{name}_pads"))
-            nodes.append(helper.make_node("Pad", [current, f"{name}_pads"], [f"{name}_placed"], name=f"{name}_pad"))
-            current = f"{name}_placed"
-        partials.append(current)
-    if layer.bias is None:
-        nodes.append(helper.make_node("Sum", partials, [layer.node.output[0]], name=f"{prefix}_sum"))
-    else:
-        nodes.append(helper.make_node("Sum", partials, [f"{prefix}_sum"], name=f"{prefix}_sum"))
-        initializers.append(numpy_helper.from_array(layer.bias.reshape(1, -1, 1, 1), f"{prefix}_bias"))
-        nodes.append(helper.make_node("Add", [f"{prefix}_sum", f"{prefix}_bias"], [layer.node.output[0]],
-                                      name=f"{prefix}_add_bias"))
-    return nodes, initializers
+        stacked.append(current)
+    nodes.append(helper.make_node("Concat", stacked, [f"{prefix}_stacked"], axis=1, name=f"{prefix}_concat"))
+    bias_name = layer.node.input[2] if layer.bias is not None else None
+    scatter, initializers = _scatter_nodes(f"{prefix}_stacked", weight, bias_name, [combined, combined],
+                                           [-base[0], -base[1], pads_end[0], pads_end[1]], sizes_out,
+                                           layer.node.output[0], prefix, opset)
+    return nodes + scatter, initializers
 
 
 def _rewrite_phase_consumers(model: onnx.ModelProto) -> int:
@@ -281,7 +324,8 @@ def _rewrite_phase_consumers(model: onnx.ModelProto) -> int:
         phase_size = _static_spatial_size(model_with_shapes, phases[0])
         replacement = None
         if phase_size is not None:
-            replacement = _phase_consumer_nodes(layer, block, phases, chain, phase_size, f"distgan_phases{index}")
+            replacement = _phase_consumer_nodes(layer, block, phases, chain, phase_size, f"distgan_phases{index}",
+                                                _opset(model))
         if replacement is None:
             continue
         new_nodes, initializers = replacement
@@ -295,6 +339,31 @@ def _rewrite_phase_consumers(model: onnx.ModelProto) -> int:
             nodes.extend(replacements[index])
         elif id(node) not in removed:
             nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return rewritten
+
+
+def _rewrite_remaining(model: onnx.ModelProto) -> int:
+    """Emit every other supported ConvTranspose as a batched MatMul and Col2Im (opset 18 and newer)."""
+    if _opset(model) < COL2IM_OPSET:
+        return 0
+    model_with_shapes = onnx.shape_inference.infer_shapes(model)
+    constants = {initializer.name: numpy_helper.to_array(initializer) for initializer in model.graph.initializer}
+    rewritten = 0
+    nodes: list[onnx.NodeProto] = []
+    for index, node in enumerate(model.graph.node):
+        layer = _candidate(model_with_shapes, node, constants)
+        if layer is None:
+            nodes.append(node)
+            continue
+        bias_name = node.input[2] if layer.bias is not None else None
+        new_nodes, initializers = _scatter_nodes(node.input[0], layer.weight, bias_name, list(layer.strides),
+                                                 list(layer.pads), _output_size(layer), node.output[0],
+                                                 f"distgan_scatter{index}", COL2IM_OPSET)
+        nodes.extend(new_nodes)
+        model.graph.initializer.extend(initializers)
+        rewritten += 1
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return rewritten
@@ -326,6 +395,7 @@ def rewrite_conv_transpose(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     rewritten += _rewrite_phase_consumers(model)
+    rewritten += _rewrite_remaining(model)
     used = {name for node in model.graph.node for name in node.input}
     kept = [initializer for initializer in model.graph.initializer if initializer.name in used]
     del model.graph.initializer[:]
