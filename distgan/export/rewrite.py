@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -307,32 +308,25 @@ def _phase_consumer_nodes(layer: _ConvTranspose, block: int, phases: list[str], 
     return nodes + scatter, initializers
 
 
-def _rewrite_phase_consumers(model: onnx.ModelProto) -> int:
-    """Run each ConvTranspose that reads an interleaved map of phases on the phases themselves."""
+# New nodes, their initializers, and other nodes that the new nodes make unused.
+Replacement = tuple[list[onnx.NodeProto], list[onnx.TensorProto], list[onnx.NodeProto]]
+
+
+def _rewrite_each(model: onnx.ModelProto, replace: Callable[[int, _ConvTranspose], Replacement | None]) -> int:
+    """Offer every supported ConvTranspose of `model` to `replace` and apply its replacements in place."""
     model_with_shapes = onnx.shape_inference.infer_shapes(model)
     constants = {initializer.name: numpy_helper.to_array(initializer) for initializer in model.graph.initializer}
-    consumers = _consumers(model)
-    removed: set[int] = set()
     replacements: dict[int, list[onnx.NodeProto]] = {}
-    rewritten = 0
+    removed: set[int] = set()
     for index, node in enumerate(model.graph.node):
         layer = _candidate(model_with_shapes, node, constants)
-        found = _phase_inputs(model, layer, consumers) if layer is not None else None
-        if found is None:
+        result = replace(index, layer) if layer is not None else None
+        if result is None:
             continue
-        dropped, block, phases, chain = found
-        phase_size = _static_spatial_size(model_with_shapes, phases[0])
-        replacement = None
-        if phase_size is not None:
-            replacement = _phase_consumer_nodes(layer, block, phases, chain, phase_size, f"distgan_phases{index}",
-                                                _opset(model))
-        if replacement is None:
-            continue
-        new_nodes, initializers = replacement
+        new_nodes, initializers, dropped = result
         replacements[index] = new_nodes
         model.graph.initializer.extend(initializers)
-        removed.update(id(node) for node in dropped)
-        rewritten += 1
+        removed.update(id(unused) for unused in dropped)
     nodes = []
     for index, node in enumerate(model.graph.node):
         if index in replacements:
@@ -341,32 +335,7 @@ def _rewrite_phase_consumers(model: onnx.ModelProto) -> int:
             nodes.append(node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    return rewritten
-
-
-def _rewrite_remaining(model: onnx.ModelProto) -> int:
-    """Emit every other supported ConvTranspose as a batched MatMul and Col2Im (opset 18 and newer)."""
-    if _opset(model) < COL2IM_OPSET:
-        return 0
-    model_with_shapes = onnx.shape_inference.infer_shapes(model)
-    constants = {initializer.name: numpy_helper.to_array(initializer) for initializer in model.graph.initializer}
-    rewritten = 0
-    nodes: list[onnx.NodeProto] = []
-    for index, node in enumerate(model.graph.node):
-        layer = _candidate(model_with_shapes, node, constants)
-        if layer is None:
-            nodes.append(node)
-            continue
-        bias_name = node.input[2] if layer.bias is not None else None
-        new_nodes, initializers = _scatter_nodes(node.input[0], layer.weight, bias_name, list(layer.strides),
-                                                 list(layer.pads), _output_size(layer), node.output[0],
-                                                 f"distgan_scatter{index}", COL2IM_OPSET)
-        nodes.extend(new_nodes)
-        model.graph.initializer.extend(initializers)
-        rewritten += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return rewritten
+    return len(replacements)
 
 
 def rewrite_conv_transpose(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -376,26 +345,32 @@ def rewrite_conv_transpose(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int
     run time, spatial sizes unknown before run time) are left as they are.
     """
     model = onnx.shape_inference.infer_shapes(model)
-    constants = {initializer.name: numpy_helper.to_array(initializer) for initializer in model.graph.initializer}
-    rewritten = 0
-    nodes: list[onnx.NodeProto] = []
-    for index, node in enumerate(model.graph.node):
-        layer = _candidate(model, node, constants)
-        replacement = None
-        if layer is not None:
-            prefix = f"distgan_convtranspose{index}"
-            replacement = _projection_nodes(layer, prefix) or _polyphase_nodes(layer, prefix)
-        if replacement is None:
-            nodes.append(node)
-            continue
-        new_nodes, initializers = replacement
-        nodes.extend(new_nodes)
-        model.graph.initializer.extend(initializers)
-        rewritten += 1
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    rewritten += _rewrite_phase_consumers(model)
-    rewritten += _rewrite_remaining(model)
+    opset = _opset(model)
+
+    def projection_or_phases(index: int, layer: _ConvTranspose) -> Replacement | None:
+        prefix = f"distgan_convtranspose{index}"
+        found = _projection_nodes(layer, prefix) or _polyphase_nodes(layer, prefix)
+        return None if found is None else (*found, [])
+
+    def phase_consumer(index: int, layer: _ConvTranspose) -> Replacement | None:
+        found = _phase_inputs(model, layer, _consumers(model))
+        if found is None:
+            return None
+        dropped, block, phases, chain = found
+        phase_size = _static_spatial_size(onnx.shape_inference.infer_shapes(model), phases[0])
+        if phase_size is None:
+            return None
+        replacement = _phase_consumer_nodes(layer, block, phases, chain, phase_size, f"distgan_phases{index}", opset)
+        return None if replacement is None else (*replacement, dropped)
+
+    def scatter(index: int, layer: _ConvTranspose) -> Replacement | None:
+        if opset < COL2IM_OPSET:
+            return None
+        bias_name = layer.node.input[2] if layer.bias is not None else None
+        return (*_scatter_nodes(layer.node.input[0], layer.weight, bias_name, list(layer.strides), list(layer.pads),
+                                _output_size(layer), layer.node.output[0], f"distgan_scatter{index}", opset), [])
+
+    rewritten = sum(_rewrite_each(model, replace) for replace in (projection_or_phases, phase_consumer, scatter))
     used = {name for node in model.graph.node for name in node.input}
     kept = [initializer for initializer in model.graph.initializer if initializer.name in used]
     del model.graph.initializer[:]
