@@ -115,3 +115,33 @@ def test_rewrite_runs_next_layer_on_phases(kernel: int, stride: int, padding: in
         actual = session.run(None, {"x": x})[0]
         assert actual.shape == expected.shape
         assert np.abs(actual - expected).max() < 1e-3
+
+
+def test_rewrite_folds_batch_norm_after_conv_transpose():
+    rng = np.random.default_rng(7)
+    weight = rng.standard_normal((8, 16, 4, 4)).astype(np.float32)
+    scale, shift, mean = (rng.standard_normal(16).astype(np.float32) for _ in range(3))
+    variance = rng.uniform(0.5, 2.0, 16).astype(np.float32)
+    nodes = [helper.make_node("ConvTranspose", ["x", "weight"], ["hidden"], kernel_shape=[4, 4], strides=[2, 2],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["hidden", "scale", "shift", "mean", "variance"], ["y"],
+                              epsilon=1e-3)]
+    initializers = [numpy_helper.from_array(array, name) for name, array in
+                    (("weight", weight), ("scale", scale), ("shift", shift), ("mean", mean), ("variance", variance))]
+    graph = helper.make_graph(nodes, "norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                            ["batch", 8, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+    rewritten, count = rewrite_conv_transpose(model)
+    op_types = [node.op_type for node in rewritten.graph.node]
+    assert count == 1
+    assert "BatchNormalization" not in op_types
+    assert "DepthToSpace" in op_types
+
+    x = rng.standard_normal((2, 8, 5, 5)).astype(np.float32)
+    hidden = F.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(weight), None, 2, 1)
+    expected = F.batch_norm(hidden, torch.from_numpy(mean), torch.from_numpy(variance), torch.from_numpy(scale),
+                            torch.from_numpy(shift), training=False, eps=1e-3).numpy()
+    session = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"x": x})[0] - expected).max() < 1e-3

@@ -43,7 +43,8 @@ class ExportModule(nn.Module):
         self.postprocess = postprocess
 
     def finish(self, samples: torch.Tensor) -> torch.Tensor:
-        samples = samples.float()
+        if samples.dtype != torch.float32:  # checked here, so float32 graphs get no Cast node
+            samples = samples.float()
         return to_uint8_nhwc(samples) if self.postprocess == "uint8" else samples
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

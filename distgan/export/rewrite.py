@@ -308,6 +308,44 @@ def _phase_consumer_nodes(layer: _ConvTranspose, block: int, phases: list[str], 
     return nodes + scatter, initializers
 
 
+def _fold_batch_norms(model: onnx.ModelProto) -> None:
+    """Fold each inference BatchNormalization that directly follows a ConvTranspose into its weights and bias.
+
+    The TorchScript exporter keeps BatchNormalization nodes (the dynamo
+    exporter folds them), and the rewrites below only see ConvTranspose.
+    """
+    constants = {initializer.name: numpy_helper.to_array(initializer) for initializer in model.graph.initializer}
+    consumers = _consumers(model)
+    graph_outputs = {output.name for output in model.graph.output}
+    folded: set[int] = set()
+    for index, node in enumerate(model.graph.node):
+        if node.op_type != "ConvTranspose" or node.output[0] in graph_outputs:
+            continue
+        readers = consumers.get(node.output[0], [])
+        if len(readers) != 1 or readers[0].op_type != "BatchNormalization" or len(readers[0].output) != 1:
+            continue
+        norm = readers[0]
+        names = [node.input[1], *norm.input[1:5]]
+        if any(name not in constants for name in names) or _attribute(node, "group", 1) != 1:
+            continue
+        weight, scale, shift, mean, variance = (constants[name] for name in names)
+        factor = scale / np.sqrt(variance + float(_attribute(norm, "epsilon", 1e-5)))
+        bias = constants.get(node.input[2], np.zeros_like(mean)) if len(node.input) > 2 and node.input[2] else None
+        bias = np.zeros_like(mean) if bias is None else bias
+        prefix = f"distgan_folded{index}"
+        model.graph.initializer.extend([
+            numpy_helper.from_array((weight * factor[None, :, None, None]).astype(np.float32), f"{prefix}_weight"),
+            numpy_helper.from_array(((bias - mean) * factor + shift).astype(np.float32), f"{prefix}_bias"),
+        ])
+        del node.input[1:]
+        node.input.extend([f"{prefix}_weight", f"{prefix}_bias"])
+        node.output[0] = norm.output[0]
+        folded.add(id(norm))
+    kept = [node for node in model.graph.node if id(node) not in folded]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+
+
 # New nodes, their initializers, and other nodes that the new nodes make unused.
 Replacement = tuple[list[onnx.NodeProto], list[onnx.TensorProto], list[onnx.NodeProto]]
 
@@ -341,11 +379,14 @@ def _rewrite_each(model: onnx.ModelProto, replace: Callable[[int, _ConvTranspose
 def rewrite_conv_transpose(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Return a copy of `model` with supported ConvTranspose nodes rewritten, and the number of rewrites.
 
-    Unsupported nodes (grouped, dilated, output_padding, weights computed at
-    run time, spatial sizes unknown before run time) are left as they are.
+    BatchNormalization nodes right after a ConvTranspose are folded into it
+    first. Unsupported nodes (grouped, dilated, output_padding, weights
+    computed at run time, spatial sizes unknown before run time) are left as
+    they are.
     """
     model = onnx.shape_inference.infer_shapes(model)
     opset = _opset(model)
+    _fold_batch_norms(model)
 
     def projection_or_phases(index: int, layer: _ConvTranspose) -> Replacement | None:
         prefix = f"distgan_convtranspose{index}"
