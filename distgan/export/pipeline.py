@@ -60,6 +60,7 @@ from distgan.export.variants import (
 )
 
 DEFAULT_ATOL = 1e-4
+TOLERANCE_OPTIONS = {"float32": "--atol", "optimized": "--atol", "fp16": "--fp16-atol", "int8": "--int8-atol"}
 
 
 @dataclass
@@ -154,7 +155,8 @@ def _validate_file(path: Path, variant: str, metadata: dict[str, str], reference
             bound = f"{failed[0].tolerance:g}"
             if failed[0].mean_tolerance is not None:
                 bound += f" (mean {failed[0].mean_tolerance:g})"
-            raise ExportError(f"onnxruntime and PyTorch disagree beyond the tolerance {bound} ({figures})")
+            raise ExportError(f"onnxruntime and PyTorch disagree beyond the tolerance {bound} ({figures}). Raise "
+                              f"{TOLERANCE_OPTIONS[variant]} only if this difference is acceptable")
         independence = check_batch_independence(session, reference, tolerance)
         speed = measure_speed(session, reference, max(reference.feeds))
     except ExportError as error:
@@ -199,12 +201,12 @@ def export_generator(generator: nn.Module, record: dict[str, Any], out: str | Pa
         try:
             files = [_validate_file(staged, "float32", metadata, reference, input_names, output, options.atol)]
         except ExportError as error:
-            raise ExportError(f"{error}; {out} was not written. Raise --atol only if this difference is "
-                              "acceptable.") from None
+            raise ExportError(f"{error}; {out} was not written") from None
 
         def optimize(destination: Path) -> None:
             rewritten = build_optimized(staged, destination)
-            notes.append(f"the optimized variant has {rewritten} ConvTranspose rewrite(s) (see distgan.export.rewrite)")
+            notes.append(f"the optimized variant has {rewritten} ConvTranspose rewrite(s) "
+                         "(see distgan.export.rewrite)")
 
         builders = {
             "optimized": optimize,
