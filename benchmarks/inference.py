@@ -128,8 +128,9 @@ def matmul_runs() -> dict[str, Callable[[], Any]]:
     """Return float32 square matrix products of torch.mm, numpy and onnxruntime's MatMul, keyed "LIBRARY SIZE".
 
     The fastest of them is this machine's float32 matmul peak with the
-    libraries installed. torch's CPU build multiplies with MKL, which takes a
-    slower path on AMD processors, so one library alone can understate it.
+    libraries installed. torch's CPU wheel multiplies with MKL (BLAS_INFO=mkl
+    in torch 2.13), which reached about half of onnxruntime's rate on the AMD
+    CPU of BENCHMARKS.md, so one library alone can understate the peak.
     """
     runs: dict[str, Callable[[], Any]] = {}
     for size in MATMUL_SIZES:
@@ -198,7 +199,15 @@ def benchmark(run: Path | None, repeats: int, rounds: int) -> dict[str, Any]:
         if batch_size == max(BATCH_SIZES):
             # The peak is measured in the same rounds, so it runs under the same load as the generator.
             runs.update({f"matmul {name}": call for name, call in matmul_runs().items()})
-        timings = interleaved_latencies_ms(runs, repeats if batch_size == 1 else max(10, repeats // 10), rounds)
+        block = repeats if batch_size == 1 else max(10, repeats // 10)
+        timings = interleaved_latencies_ms(runs, block, rounds)
+        # torch's thread count is global, so its 1-thread rounds run apart from the others.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            timings.update(interleaved_latencies_ms({"PyTorch eager, 1 thread": eager}, block, rounds))
+        finally:
+            torch.set_num_threads(threads)
         # A peak is the best rate reached, so the matmul figures take the fastest call of all rounds.
         matmul = {}
         for name, blocks in timings.items():
@@ -219,8 +228,12 @@ def benchmark(run: Path | None, repeats: int, rounds: int) -> dict[str, Any]:
                         and ".int8." not in name]
         best_ort = min(float32_rows, key=lambda n: rows[n]["median_ms"])
         speedup = rows["PyTorch eager"]["median_ms"] / rows[best_ort]["median_ms"]
+        single_rows = [name for name in float32_rows if name.endswith("1 thread")]
+        best_single = min(single_rows, key=lambda n: rows[n]["median_ms"])
+        single_speedup = rows["PyTorch eager, 1 thread"]["median_ms"] / rows[best_single]["median_ms"]
         results["batches"][str(batch_size)] = {"rows": rows, "best_onnxruntime": best_ort, "speedup": speedup,
-                                               "target_speedup": TARGET_SPEEDUP[batch_size]}
+                                               "target_speedup": TARGET_SPEEDUP[batch_size],
+                                               "speedup_1_thread": single_speedup}
 
     peak = results["matmul_gflops"]["peak"]
     largest = results["batches"][str(max(BATCH_SIZES))]
@@ -257,7 +270,7 @@ def print_table(results: dict[str, Any]) -> None:
     for batch_size, batch in results["batches"].items():
         met = "met" if batch["speedup"] >= batch["target_speedup"] else "MISSED"
         print(f"batch {batch_size}: onnxruntime / eager = {batch['speedup']:.2f}x (target {batch['target_speedup']}x, "
-              f"{met})")
+              f"{met}); with 1 thread each {batch['speedup_1_thread']:.2f}x")
     fraction = results["peak_fraction_at_64"]
     met = "met" if fraction >= results["target_peak_fraction"] else "MISSED"
     print(f"batch 64: onnxruntime reaches {fraction:.1%} of the matmul peak (target "
