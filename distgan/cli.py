@@ -74,7 +74,7 @@ def _root(
 @_report_errors
 def train(
     config: Annotated[Optional[Path], typer.Option(help="TOML file of config keys; command-line options win.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="mnist (default), ring8, grid25, or a folder of PNG/JPEG images.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="mnist (default), ring8, grid25, a folder of PNG/JPEG images, or a data set written by distgan prepare.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name; default: the data set's name.")] = None,
     out: Annotated[Optional[str], typer.Option(help="Run directory; default: runs/<name>.")] = None,
     model: Annotated[Optional[str], typer.Option(help="auto, dense or dcgan; auto picks dcgan for images, dense for 2D.")] = None,
@@ -84,11 +84,17 @@ def train(
     width: Annotated[Optional[int], typer.Option(help="Base layer width of G and D; default 64 (dcgan), 256 (dense).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=f"Global batch size, split evenly over all processes; default {_default('batch_size')}.")] = None,
     steps: Annotated[Optional[int], typer.Option(help=f"Total training steps (one D and one G update each); default {_default('steps')}.")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help=f"Micro-batches per optimizer step; each step trains on grad_accum x batch_size samples; default {_default('grad_accum')}.")] = None,
+    sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn", help="BatchNorm statistics over the global batch of all processes instead of each process's share.")] = None,
+    r1_gamma: Annotated[Optional[float], typer.Option(help=f"Weight gamma of the R1 penalty on real data; 0 turns it off; default {_default('r1_gamma')}.")] = None,
+    r1_every: Annotated[Optional[int], typer.Option(help=f"Steps between R1 penalties (lazy regularization, weight scaled to match); default {_default('r1_every')}.")] = None,
+    gp_weight: Annotated[Optional[float], typer.Option(help=f"Weight of the gradient penalty of --loss wgan-gp; default {_default('gp_weight')}.")] = None,
+    max_skipped_steps: Annotated[Optional[int], typer.Option(help=f"Consecutive steps with non-finite losses after which training stops; 0 never stops; default {_default('max_skipped_steps')}.")] = None,
     lr_g: Annotated[Optional[float], typer.Option(help=f"Adam learning rate of G; default {_default('lr_g')}.")] = None,
     lr_d: Annotated[Optional[float], typer.Option(help=f"Adam learning rate of D; default {_default('lr_d')}.")] = None,
     beta1: Annotated[Optional[float], typer.Option(help=f"Adam beta1 of both optimizers; default {_default('beta1')}.")] = None,
     beta2: Annotated[Optional[float], typer.Option(help=f"Adam beta2 of both optimizers; default {_default('beta2')}.")] = None,
-    loss: Annotated[Optional[str], typer.Option(help=f"logistic (non-saturating) or hinge; default {_default('loss')}.")] = None,
+    loss: Annotated[Optional[str], typer.Option(help=f"logistic (non-saturating), hinge, lsgan or wgan-gp; default {_default('loss')}.")] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Seed of every random draw; default {_default('seed')}.")] = None,
     mixed_precision: Annotated[Optional[str], typer.Option(help="no, bf16 or fp16; default: the accelerate config's.")] = None,
     cpu: Annotated[Optional[bool], typer.Option("--cpu", help="Train on the CPU even where a GPU is available.")] = None,
@@ -98,6 +104,8 @@ def train(
     sample_every: Annotated[Optional[int], typer.Option(help=f"Steps between sample grids; 0 turns them off; default {_default('sample_every')}.")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help=f"Steps between checkpoints; 0 saves only at the end; default {_default('checkpoint_every')}.")] = None,
     num_workers: Annotated[Optional[int], typer.Option(help=f"DataLoader worker processes for image folders; default {_default('num_workers')}.")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help=f"Compile G and D with torch.compile (slower start, faster steps); default {_default('compile')}.")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help=f"Store convolution weights as NHWC (channels-last); default {_default('channels_last')}.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest complete checkpoint.")] = False,
 ) -> None:
     """Train a GAN. Run it plainly or under `accelerate launch -m distgan train ...`."""
@@ -120,6 +128,33 @@ def _export_options(opset: int, atol: float, exporter: str, postprocess: str, op
     variants = tuple(name for name, wanted in (("optimized", optimize), ("fp16", fp16), ("int8", int8)) if wanted)
     return ExportOptions(opset=opset, atol=atol, exporter=exporter, postprocess=postprocess, variants=variants,
                          fp16_atol=fp16_atol, int8_atol=int8_atol)
+
+
+@app.command()
+@_report_errors
+def prepare(
+    source: Annotated[Path, typer.Argument(metavar="SRC", help="Folder of PNG/JPEG images; subfolders name the classes.")],
+    destination: Annotated[Path, typer.Argument(metavar="DST", help="Directory to create with the packed data set.")],
+    resolution: Annotated[int, typer.Option(help="Image side in pixels after resize and center crop.")] = 64,
+    channels: Annotated[int, typer.Option(help="1 (grayscale) or 3 (RGB).")] = 3,
+    num_workers: Annotated[Optional[int], typer.Option(help="Decoding processes; 0 decodes in this process; default: one per CPU core.")] = None,
+) -> None:
+    """Decode an image folder once into a packed data set that `distgan train --data DST` memory-maps."""
+    from distgan.data.packed import pack_folder
+    from distgan.errors import ConfigError
+
+    if channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {channels}")
+    if resolution < 1:
+        raise ConfigError(f"resolution must be at least 1, got {resolution}")
+    if num_workers is None:
+        num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if num_workers < 0:
+        raise ConfigError(f"num_workers must be 0 (decode in this process) or more, got {num_workers}")
+    report = pack_folder(source, destination, channels, resolution, num_workers=num_workers)
+    classes = f"{len(report.class_names)} classes" if report.class_names else "no classes"
+    typer.echo(f"wrote {report.path}: {report.count} images of shape {report.sample_shape}, {classes}, "
+               f"{report.size_bytes / 1e6:.1f} MB, sha256 {report.sha256}")
 
 
 @app.command()
@@ -235,6 +270,32 @@ def _endpoints(z: Any, path: Path) -> Any:
         raise InputError(f"--interpolate with --latents needs at least 2 latents in {path}, got shape "
                          f"{list(getattr(z, 'shape', []))}")
     return z[[0, -1]]
+
+
+@app.command()
+@_report_errors
+def bench(
+    only: Annotated[Optional[str], typer.Option(help="Comma-separated sections to run: overhead, data, scaling, inference; default: all.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes, to check that every benchmark runs; the figures mean nothing.")] = False,
+    out: Annotated[Path, typer.Option(help="JSON file to write with the results of every section.")] = Path("bench.json"),
+    scripts: Annotated[Optional[Path], typer.Option(help="Folder of the benchmark scripts; default: ./benchmarks, else the one in distgan's source tree.")] = None,
+) -> None:
+    """Run the benchmarks in benchmarks/ and print a table per section (needs a distgan source checkout)."""
+    from distgan.bench import default_scripts_dir, format_result, machine_info, parse_sections, run_section, write_json
+    from distgan.errors import ConfigError
+
+    sections = parse_sections(only)
+    folder = scripts if scripts is not None else default_scripts_dir()
+    if folder is None or not folder.is_dir():
+        raise ConfigError(f"benchmark scripts not found{f' in {folder}' if folder else ''}; run from a distgan source "
+                          "checkout, which has a benchmarks/ folder, or pass --scripts DIR")
+    results: dict[str, Any] = {"machine": machine_info(), "quick": quick, "sections": {}}
+    for name in sections:
+        result = run_section(folder, name, quick)
+        results["sections"][name] = result
+        typer.echo(format_result(result) + "\n")
+    write_json(out, results)
+    typer.echo(f"wrote {out}")
 
 
 def main() -> None:

@@ -21,11 +21,12 @@ from distgan.errors import ConfigError
 
 BUILTIN_DATASETS = ("mnist", "ring8", "grid25")
 MODEL_NAMES = ("auto", "dense", "dcgan")
-LOSS_NAMES = ("logistic", "hinge")
+LOSS_NAMES = ("logistic", "hinge", "lsgan", "wgan-gp")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 # Options that may change when a run resumes; every other key must match the saved run.
-RESUMABLE_KEYS = ("steps", "log_every", "sample_every", "checkpoint_every", "num_workers", "cpu")
+RESUMABLE_KEYS = ("steps", "log_every", "sample_every", "checkpoint_every", "num_workers", "cpu",
+                  "max_skipped_steps", "compile", "channels_last")
 
 
 @dataclass
@@ -44,6 +45,12 @@ class TrainConfig:
     steps: int = 3000
     ema: bool = True
     ema_decay: float = 0.999
+    grad_accum: int = 1
+    sync_bn: bool = False
+    r1_gamma: float = 0.0
+    r1_every: int = 16
+    gp_weight: float = 10.0
+    max_skipped_steps: int = 20
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     beta1: float = 0.5
@@ -56,6 +63,8 @@ class TrainConfig:
     sample_every: int = 250
     checkpoint_every: int = 500
     num_workers: int = 2
+    compile: bool = False
+    channels_last: bool = False
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -157,14 +166,17 @@ def validate(config: TrainConfig) -> None:
         config.mixed_precision is None or config.mixed_precision in MIXED_PRECISION,
         f"invalid mixed_precision '{config.mixed_precision}'; choose one of {', '.join(MIXED_PRECISION)}",
     )
-    for key in ("batch_size", "steps", "log_every"):
+    for key in ("batch_size", "steps", "log_every", "grad_accum", "r1_every"):
         _require(getattr(config, key) >= 1, f"{key} must be at least 1, got {getattr(config, key)}")
-    for key in ("sample_every", "checkpoint_every", "num_workers"):
+    for key in ("sample_every", "checkpoint_every", "num_workers", "max_skipped_steps"):
         _require(getattr(config, key) >= 0, f"{key} must be 0 (off) or more, got {getattr(config, key)}")
     for key in ("resolution", "channels", "z_dim", "width"):
         value = getattr(config, key)
         _require(value is None or value >= 1, f"{key} must be at least 1, got {value}")
     _require(config.channels in (None, 1, 3), f"channels must be 1 or 3, got {config.channels}")
+    for key in ("r1_gamma", "gp_weight"):
+        value = getattr(config, key)
+        _require(math.isfinite(value) and value >= 0, f"{key} must be 0 (off) or a positive weight, got {value}")
     for key in ("lr_g", "lr_d"):
         value = getattr(config, key)
         _require(math.isfinite(value) and value > 0, f"{key} must be a positive learning rate, got {value}")

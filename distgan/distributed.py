@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
+from accelerate import Accelerator
 
 from distgan.errors import ConfigError
 
@@ -33,6 +34,33 @@ def use_cpu(requested: bool) -> bool:
     """Return whether training runs on the CPU: when requested, or when torch finds no accelerator.
 
     Accelerate treats a process group on a machine without GPUs as distributed
-    only when told to use the CPU, so a CPU-only machine always passes cpu=True.
+    only with cpu=True, so a CPU-only machine always passes it.
     """
     return requested or not torch.accelerator.is_available()
+
+
+def shard_range(size: int, rank: int, world_size: int) -> range:
+    """Return the indices of a data set of `size` samples that `rank` evaluates.
+
+    The shards are contiguous, differ in length by at most one and together
+    cover every index exactly once, so no sample is padded in or counted twice.
+    """
+    base, extra = divmod(size, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def gather_shards(local: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
+    """Concatenate the rows that every rank computed for its shard_range(), in rank order, without padding.
+
+    Ranks may have different numbers of rows. Each pads to the largest for the
+    all-gather, and the gathered lengths tell where the padding is cut off.
+    """
+    if accelerator.num_processes == 1:
+        return local
+    length = torch.tensor([len(local)], device=local.device)
+    lengths = accelerator.gather(length).tolist()
+    padded = accelerator.pad_across_processes(local, dim=0)
+    gathered = accelerator.gather(padded)
+    longest = max(lengths)
+    return torch.cat([gathered[rank * longest : rank * longest + count] for rank, count in enumerate(lengths)])

@@ -23,24 +23,34 @@ class GeneratorEMA:
 
     def __init__(self, generator: nn.Module, decay: float) -> None:
         self.decay = decay
-        self._current_decay = 0.0
         # AveragedModel deep-copies the generator; pass it before accelerator.prepare() so the
         # copy carries no mixed-precision patch on its forward.
         self.averaged = AveragedModel(generator, multi_avg_fn=self._update, use_buffers=True)
         self.averaged.requires_grad_(False)
+        self._rate = torch.zeros((), device=next(self.averaged.parameters()).device)
         self.averaged.eval()
 
     @torch.no_grad()
     def _update(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _count: torch.Tensor) -> None:
         if torch.is_floating_point(averaged[0]):
-            torch._foreach_lerp_(averaged, current, 1.0 - self._current_decay)
+            # averaged += rate * (current - averaged), with the rate 0 on a skipped step.
+            differences = torch._foreach_sub(current, averaged)
+            torch._foreach_mul_(differences, self._rate.to(averaged[0].dtype))
+            torch._foreach_add_(averaged, differences)
         else:
             for target, value in zip(averaged, current):
                 target.copy_(value)  # integer buffers such as BatchNorm's num_batches_tracked
 
-    def update(self, generator: nn.Module, step: int) -> None:
-        """Fold the weights of `generator` after training step `step` (0-based) into the average."""
-        self._current_decay = warmup_decay(self.decay, step)
+    def update(self, generator: nn.Module, step: int, skip: torch.Tensor | None = None) -> None:
+        """Fold the weights of `generator` after training step `step` (0-based) into the average.
+
+        `skip` is a 0-dim bool tensor on the device; when true the average stays
+        as it is, without a host synchronization.
+        """
+        # fill_ passes the rate as a kernel argument: no host-to-device copy, no synchronization.
+        self._rate.fill_(1.0 - warmup_decay(self.decay, step))
+        if skip is not None:
+            self._rate.mul_(~skip)
         self.averaged.update_parameters(generator)
 
     @property

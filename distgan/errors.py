@@ -23,3 +23,7 @@ class ExportError(DistganError):
 
 class InputError(DistganError):
     """An input to an exported model that does not match its metadata."""
+
+
+class TrainingError(DistganError):
+    """A run that cannot continue, such as one whose losses stay non-finite."""

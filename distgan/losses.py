@@ -23,6 +23,7 @@ class AdversarialLoss:
     name: str
     d_loss: Callable[[Logits, Logits], torch.Tensor]  # (real logits, fake logits) -> scalar
     g_loss: Callable[[Logits], torch.Tensor]  # fake logits -> scalar
+    gradient_penalty: bool = False  # the WGAN-GP critic loss adds a penalty on interpolated samples
 
 
 def _logistic_d(real: Logits, fake: Logits) -> torch.Tensor:
@@ -42,9 +43,24 @@ def _hinge_g(fake: Logits) -> torch.Tensor:
     return -fake.mean()
 
 
+def _least_squares_d(real: Logits, fake: Logits) -> torch.Tensor:
+    # LSGAN (Mao et al., 2017) with targets 1 for real and 0 for fake.
+    return 0.5 * ((real - 1.0).square().mean() + fake.square().mean())
+
+
+def _least_squares_g(fake: Logits) -> torch.Tensor:
+    return 0.5 * (fake - 1.0).square().mean()
+
+
+def _wasserstein_d(real: Logits, fake: Logits) -> torch.Tensor:
+    return fake.mean() - real.mean()
+
+
 LOSSES = {
     "logistic": AdversarialLoss("logistic", _logistic_d, _logistic_g),
     "hinge": AdversarialLoss("hinge", _hinge_d, _hinge_g),
+    "lsgan": AdversarialLoss("lsgan", _least_squares_d, _least_squares_g),
+    "wgan-gp": AdversarialLoss("wgan-gp", _wasserstein_d, _hinge_g, gradient_penalty=True),
 }
 
 

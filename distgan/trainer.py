@@ -1,13 +1,10 @@
-"""The alternating discriminator/generator loop on Hugging Face Accelerate.
+"""The alternating discriminator/generator training loop on Hugging Face Accelerate.
 
 G and D are prepared as two separate models, so under DDP each has its own
 wrapper and its own gradient all-reduce, and neither needs
-find_unused_parameters. One step is a D phase then a G phase:
-
-- D phase: G runs under no_grad, so there are no G gradients and no G
-  all-reduce. D takes real and fake samples in one forward pass.
-- G phase: D runs as its inner module with its parameters frozen, so autograd
-  computes no D parameter gradients and DDP all-reduces nothing of D.
+find_unused_parameters. distgan.step runs the two phases of a step; this
+module sets up the run, draws each step's inputs, and logs, samples and
+saves.
 
 Every random draw is a function of (seed, step) over the global batch (see
 distgan.seeding), so the result does not depend on the number of processes,
@@ -16,15 +13,16 @@ and resuming from a checkpoint continues exactly.
 
 from __future__ import annotations
 
-import contextlib
+import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.utils import DistributedType
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -35,32 +33,24 @@ from distgan.data import DataSet
 from distgan.data.mixtures import MIXTURES, get_mixture
 from distgan.distributed import check_launch, use_cpu
 from distgan.ema import GeneratorEMA
-from distgan.errors import CheckpointError, ConfigError
+from distgan.errors import CheckpointError, ConfigError, TrainingError
 from distgan.imaging import save_grid, save_scatter
 from distgan.losses import get_loss
 from distgan.models import build_discriminator, build_generator, default_architecture
+from distgan.models.sync_batchnorm import convert_batchnorm
+from distgan.performance import apply_speed_options
 from distgan.run import CONFIG_FILE
-from distgan.seeding import derive_seed, global_latents, rank_slice
+from distgan.seeding import derive_seed, global_latents, local_rows, make_generator, seed_device_rng
+from distgan.step import GOOD_COUNT, R1_COUNT, SKIPPED, STAT_NAMES, AdversarialStep, MicroBatch, Penalties
 from distgan.tracking import JsonlTracker, truncate_metrics
 
 logger = get_logger(__name__)
 
 SAMPLE_GRID_SIZE = 64  # images in each samples/step-NNNNNNN.png
 SAMPLE_POINTS = 2000  # points in each scatter plot of a 2D run
-STATS = ("Loss/D", "Loss/G", "Logits/real", "Logits/fake")
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Turn off requires_grad for the parameters of `module` inside the block."""
-    parameters = [p for p in module.parameters() if p.requires_grad]
-    for parameter in parameters:
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for parameter in parameters:
-            parameter.requires_grad_(True)
+# NOTE: FSDP and DeepSpeed would need a sharded EMA, sharded optimizer checkpoints and a G phase
+# that gathers D's shards. None of that exists yet, and Accelerate enables them only on GPUs.
+UNSUPPORTED_DISTRIBUTED_TYPES = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
 
 
 @dataclass
@@ -79,6 +69,9 @@ class Trainer:
     nn.Module pair: G maps z [B, z_dim] to samples [B, *data.sample_shape] and
     D maps samples to logits [B]. Export then needs the generator module
     itself, because a custom class cannot be rebuilt from JSON.
+
+    `fit()` runs everything. For finer control, `setup()` prepares the models
+    and returns the first step, and `train_step(step)` runs one step.
     """
 
     def __init__(self, config: TrainConfig, data: DataSet, *, generator: nn.Module | None = None,
@@ -101,9 +94,13 @@ class Trainer:
             G, D = self.custom_modules
             G_class = type(G)
             architecture = {"model": "custom", "class": f"{G_class.__module__}.{G_class.__qualname__}"}
-            return G, D, architecture
-        architecture = default_architecture(cfg.model, self.data.kind, self.data.sample_shape, cfg.z_dim, cfg.width)
-        return build_generator(architecture), build_discriminator(architecture), architecture
+        else:
+            architecture = default_architecture(cfg.model, self.data.kind, self.data.sample_shape, cfg.z_dim,
+                                                cfg.width)
+            G, D = build_generator(architecture), build_discriminator(architecture)
+        if cfg.sync_bn:
+            G, D = convert_batchnorm(G), convert_batchnorm(D)
+        return G.to(self.device), D.to(self.device), architecture
 
     def _check_shapes(self, G: nn.Module, D: nn.Module) -> None:
         z = torch.zeros(2, self.config.z_dim, device=self.device)
@@ -119,6 +116,13 @@ class Trainer:
             if list(logits.shape) != [2]:
                 raise ConfigError(f"the discriminator returned shape {list(logits.shape)} for 2 samples; expected [2]")
         G.train(was_training)
+
+    def _optimizer(self, module: nn.Module, lr: float) -> torch.optim.Optimizer:
+        cfg = self.config
+        # Fused Adam skips a step on the device through its found_inf input, so a non-finite step costs no
+        # host synchronization. The fp16 GradScaler needs the plain version to report skipped steps.
+        fused = cfg.mixed_precision != "fp16"
+        return torch.optim.Adam(module.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
     def _generator_record(self, step: int) -> dict[str, Any]:
         cfg, data = self.config, self.data
@@ -139,33 +143,42 @@ class Trainer:
             "weights": "G_ema" if self.G_ema is not None else "G",
         }
 
-    # Training.
+    def setup(self) -> int:
+        """Create the Accelerator, models, optimizers and batch source, resuming if asked; return the first step.
 
-    def fit(self) -> TrainResult:
-        """Train until config.steps, writing metrics, samples and checkpoints into the run directory."""
-        cfg = self.config
+        fit() calls it. A caller that drives train_step() itself (a benchmark,
+        for example) calls setup(), then train_step() for each step, then close().
+        Raises ConfigError for a batch size that does not divide among the processes.
+        """
         check_launch()
+        cfg = self.config
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=use_cpu(cfg.cpu),
                                   log_with=[JsonlTracker(self.run_dir)])
         self.accelerator = accelerator
         self.device = accelerator.device
+        if accelerator.distributed_type in UNSUPPORTED_DISTRIBUTED_TYPES:
+            raise ConfigError(
+                f"Accelerate is configured for {accelerator.distributed_type.value}, which distgan does not support: "
+                "it trains G and D as two DDP models. Use a DDP config such as launch/multi_gpu.yaml."
+            )
         world_size = accelerator.num_processes
         if cfg.batch_size % world_size:
-            raise ConfigError(f"batch_size {cfg.batch_size} is the global batch and must divide evenly among "
-                              f"{world_size} processes; choose a multiple of {world_size}")
+            raise ConfigError(f"batch_size {cfg.batch_size} is the global batch of one micro-batch and must divide "
+                              f"evenly among {world_size} processes; choose a multiple of {world_size}")
         cfg = self.config = cfg.replace(mixed_precision=accelerator.mixed_precision)
 
         G, D, self.architecture = self._build_models()
-        G.to(self.device)
-        D.to(self.device)
         self._check_shapes(G, D)
         self.G_ema = GeneratorEMA(G, cfg.ema_decay) if cfg.ema else None
-        opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
-        opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+        apply_speed_options(cfg, G, D, self.G_ema)
+        opt_G, opt_D = self._optimizer(G, cfg.lr_g), self._optimizer(D, cfg.lr_d)
         self.G, self.D, self.opt_G, self.opt_D = accelerator.prepare(G, D, opt_G, opt_D)
         self.G_inner = accelerator.unwrap_model(self.G)
         self.D_inner = accelerator.unwrap_model(self.D)
-        self.loss = get_loss(cfg.loss)
+        loss = get_loss(cfg.loss)
+        penalties = Penalties(cfg.r1_gamma, cfg.r1_every, cfg.gp_weight if loss.gradient_penalty else 0.0)
+        self.step_runner = AdversarialStep(accelerator, self.G, self.D, self.opt_G, self.opt_D, loss, penalties,
+                                           self.G_ema)
 
         start_step = self._load(self.resume_from) if self.resume_from else 0
         if accelerator.is_main_process:
@@ -174,92 +187,134 @@ class Trainer:
             truncate_metrics(self.run_dir, start_step)
         accelerator.init_trackers(cfg.name, config={k: v for k, v in cfg.to_dict().items() if v is not None})
 
-        self.source = self.data.source(seed=cfg.seed, global_batch=cfg.batch_size, rank=accelerator.process_index,
+        self.step_batch = cfg.batch_size * cfg.grad_accum
+        self.rows = local_rows(self.step_batch, cfg.grad_accum, accelerator.process_index, world_size).to(self.device)
+        self.source = self.data.source(seed=cfg.seed, global_batch=self.step_batch, rank=accelerator.process_index,
                                        world_size=world_size, device=self.device, end_step=cfg.steps,
-                                       num_workers=cfg.num_workers)
-        self.local_rows = rank_slice(cfg.batch_size, accelerator.process_index, world_size)
+                                       num_workers=cfg.num_workers, micro_batches=cfg.grad_accum)
+        self._skip_streak = torch.zeros((), device=self.device)
+        self._streak_start = torch.zeros((), device=self.device)
+        return start_step
+
+    # Training.
+
+    def fit(self) -> TrainResult:
+        """Train until config.steps, writing metrics, samples and checkpoints into the run directory."""
+        start_step = self.setup()
         try:
             metrics = self._loop(start_step)
         finally:
-            self.source.close()
-            accelerator.end_training()
-        return TrainResult(self.run_dir, cfg.steps, metrics)
+            self.close()
+        return TrainResult(self.run_dir, self.config.steps, metrics)
+
+    def close(self) -> None:
+        """Stop the data workers, drop the DDP wrappers and end the process group, in that order.
+
+        The wrappers go first. A DDP reducer that outlives the process group
+        destroys it during garbage collection while holding the GIL. gloo's
+        worker thread needs the GIL to finish, so the process hangs at exit
+        (seen with torch 2.13 on CPU).
+        """
+        self.source.close()
+        for name in ("step_runner", "G", "D", "G_inner", "D_inner", "opt_G", "opt_D"):
+            self.__dict__.pop(name, None)
+        self.accelerator.free_memory()
+        gc.collect()
+        self.accelerator.end_training()
 
     def _loop(self, start_step: int) -> dict[str, float]:
         cfg, accelerator = self.config, self.accelerator
         if start_step >= cfg.steps:
             logger.info("the run is already at step %d of %d; nothing to train", start_step, cfg.steps)
             return {}
-        logger.info("training %s (%s) on %d process(es), %s, global batch %d, steps %d to %d",
-                    cfg.name, cfg.model, accelerator.num_processes, self.device, cfg.batch_size, start_step, cfg.steps)
-        stats = torch.zeros(len(STATS), device=self.device)
-        stats_steps = 0
+        logger.info("training %s (%s) on %d process(es), %s, global batch %d x %d micro-batches, steps %d to %d",
+                    cfg.name, cfg.model, accelerator.num_processes, self.device, cfg.batch_size, cfg.grad_accum,
+                    start_step, cfg.steps)
+        sums = torch.zeros(len(STAT_NAMES), device=self.device)
+        steps_in_interval = 0
         metrics: dict[str, float] = {}
         interval_start = time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=start_step, unit="step", dynamic_ncols=True,
                    disable=not accelerator.is_main_process)
         for step in range(start_step, cfg.steps):
-            stats += self._train_step(step)
-            stats_steps += 1
+            sums += self.train_step(step)
+            steps_in_interval += 1
             done = step + 1
             bar.update(1)
 
             if done % cfg.log_every == 0 or done == cfg.steps:
                 elapsed = time.perf_counter() - interval_start
-                metrics = self._log(done, stats / stats_steps, stats_steps * cfg.batch_size / elapsed)
+                metrics = self._log(done, sums, steps_in_interval * self.step_batch / elapsed)
                 bar.set_postfix({"D": f"{metrics['Loss/D']:.3f}", "G": f"{metrics['Loss/G']:.3f}",
                                  "img/s": f"{metrics['images_per_second']:.0f}"})
-                stats.zero_()
-                stats_steps = 0
+                sums.zero_()
+                steps_in_interval = 0
                 interval_start = time.perf_counter()
             if cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
                 self._write_samples(done)
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
+                self._check_skip_streak(done)
                 self._save(done)
         bar.close()
         return metrics
 
-    def _latents(self, stream: str, step: int) -> torch.Tensor:
+    def step_inputs(self, step: int) -> list[MicroBatch]:
+        """Draw this rank's share of step `step`: real samples, labels, latents, split into micro-batches."""
         cfg = self.config
-        return global_latents(cfg.seed, stream, step, cfg.batch_size, cfg.z_dim, self.device)[self.local_rows]
+        real, labels = self.source.batch(step)
+        z_D = global_latents(cfg.seed, "z/D", step, self.step_batch, cfg.z_dim, self.device)[self.rows]
+        z_G = global_latents(cfg.seed, "z/G", step, self.step_batch, cfg.z_dim, self.device)[self.rows]
+        mix = None
+        if self.step_runner.penalties.gp_weight > 0:
+            generator = make_generator(cfg.seed, "gp/mix", step, device=self.device)
+            mix = torch.rand(self.step_batch, generator=generator, device=self.device)[self.rows].chunk(cfg.grad_accum)
+        return [MicroBatch(*parts, mix=mix[index] if mix is not None else None)
+                for index, parts in enumerate(zip(real.chunk(cfg.grad_accum), labels.chunk(cfg.grad_accum),
+                                                  z_D.chunk(cfg.grad_accum), z_G.chunk(cfg.grad_accum)))]
 
-    def _train_step(self, step: int) -> torch.Tensor:
-        """Run one D phase and one G phase; return the step's statistics as a device tensor (no host sync)."""
-        accelerator, loss = self.accelerator, self.loss
+    def train_step(self, step: int) -> torch.Tensor:
+        """Run step `step`; return its statistics (see distgan.step.STAT_NAMES) on the device, with no host sync."""
         # Randomness inside the models (dropout, for example) follows (seed, step, rank) too.
-        torch.manual_seed(derive_seed(self.config.seed, "step", step, accelerator.process_index))
-        real, _ = self.source.batch(step)
-        z_D = self._latents("z/D", step)
-        z_G = self._latents("z/G", step)
-
-        # D phase.
-        with torch.no_grad():
-            fake = self.G(z_D)
-        logits = self.D(torch.cat([real, fake]))
-        logits_real, logits_fake = logits.split(len(real))
-        loss_D = loss.d_loss(logits_real, logits_fake)
-        accelerator.backward(loss_D)
-        self.opt_D.step()
-        self.opt_D.zero_grad(set_to_none=True)
-
-        # G phase.
-        with frozen(self.D_inner):
-            loss_G = loss.g_loss(self.D_inner(self.G(z_G)))
-            accelerator.backward(loss_G)
-        self.opt_G.step()
-        self.opt_G.zero_grad(set_to_none=True)
-        if self.G_ema is not None:
-            self.G_ema.update(self.G_inner, step)
-
-        return torch.stack([loss_D, loss_G, logits_real.mean(), logits_fake.mean()]).detach().float()
+        seed_device_rng(derive_seed(self.config.seed, "step", step, self.accelerator.process_index), self.device)
+        stats = self.step_runner.run(step, self.step_inputs(step))
+        skipped = stats[SKIPPED]
+        self._skip_streak = (self._skip_streak + 1) * skipped
+        # Steps are reported as counts of completed steps, like checkpoints: step index 0 is "step 1".
+        self._streak_start = torch.where((self._skip_streak == 1), float(step + 1), self._streak_start)
+        return stats
 
     # Logging, samples and checkpoints.
 
-    def _log(self, step: int, mean_stats: torch.Tensor, images_per_second: float) -> dict[str, float]:
-        values = self.accelerator.reduce(mean_stats, reduction="mean").tolist()
-        metrics = dict(zip(STATS, values))
+    def _check_skip_streak(self, step: int) -> None:
+        """Stop the run when the last max_skipped_steps steps or more all had non-finite gradients.
+
+        Every rank has the same streak because it comes from all-reduced gradients, so
+        all ranks stop at the same step and none waits in a collective.
+        """
+        streak = int(self._skip_streak.item())
+        limit = self.config.max_skipped_steps
+        if limit and streak >= limit:
+            first = int(self._streak_start.item())
+            raise TrainingError(
+                f"training stopped at step {step}: steps {first} to {step} ({streak} in a row) all had non-finite "
+                f"losses or gradients and were skipped (max_skipped_steps = {limit}). They changed no weights, and "
+                "the latest checkpoint is intact. Lower the learning rates, check the data, or use "
+                "--mixed-precision no."
+            )
+
+    def _log(self, step: int, sums: torch.Tensor, images_per_second: float) -> dict[str, float]:
+        totals = self.accelerator.reduce(sums, reduction="mean").tolist()
+        # An interval of skipped steps only has no losses: NaN, written as null in metrics.jsonl.
+        good = totals[GOOD_COUNT] or float("nan")
+        metrics = {name: totals[index] / good for index, name in enumerate(STAT_NAMES[:4])}
+        if totals[R1_COUNT]:
+            metrics["Loss/D/r1"] = totals[4] / totals[R1_COUNT]
+        if self.step_runner.penalties.gp_weight:
+            metrics["Loss/D/gp"] = totals[5] / good
+        metrics["Train/skipped_steps"] = totals[SKIPPED]
         metrics["images_per_second"] = images_per_second
         self.accelerator.log(metrics, step=step)
+        self._check_skip_streak(step)
         return metrics
 
     def _write_samples(self, step: int) -> None:
@@ -289,6 +344,12 @@ class Trainer:
         if self.G_ema is not None:
             models["G_ema"] = self.G_ema.state_dict()
         if accelerator.is_main_process:
+            for name, state in models.items():
+                bad = [key for key, tensor in state.items() if tensor.is_floating_point() and
+                       not bool(torch.isfinite(tensor).all())]
+                if bad:
+                    raise TrainingError(f"refusing to save step {step}: {name} has non-finite values in "
+                                        f"{', '.join(bad[:5])}; the latest checkpoint is intact")
             optimizers = {"optimizer_G": self.opt_G.state_dict(), "optimizer_D": self.opt_D.state_dict()}
             if accelerator.scaler is not None:
                 optimizers["scaler"] = accelerator.scaler.state_dict()

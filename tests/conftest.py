@@ -67,3 +67,16 @@ def exported_onnx(mnist_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("export") / "generator.onnx"
     assert_ok(run_distgan("export", str(mnist_run), "--out", str(out), cwd=out.parent))
     return out
+
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def launch_script(name: str, *args: str, cwd: Path, num_processes: int = 2) -> subprocess.CompletedProcess:
+    """Run tests/scripts/NAME under `accelerate launch --multi_gpu --num_processes N` on CPU processes."""
+    command = [
+        str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(num_processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), str(SCRIPTS / name), *args,
+    ]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)

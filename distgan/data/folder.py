@@ -37,6 +37,17 @@ def scan_folder(root: str | Path) -> ImageFolder:
     Raises DataError when the folder is missing, holds no PNG or JPEG file, or
     holds a file that PIL cannot identify as an image.
     """
+    folder = list_images(root)
+    for path in folder.files:
+        _check_header(path)
+    return folder
+
+
+def list_images(root: str | Path) -> ImageFolder:
+    """List the images under `root` with their labels, without opening any file.
+
+    Raises DataError when the folder is missing or contains no PNG or JPEG file.
+    """
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder not found: {root}")
@@ -45,8 +56,6 @@ def scan_folder(root: str | Path) -> ImageFolder:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"no PNG or JPEG images found under {root} (searched nested folders too)")
-    for path in files:
-        _check_header(path)
 
     top_levels = [p.relative_to(root).parts for p in files]
     if all(len(parts) > 1 for parts in top_levels):

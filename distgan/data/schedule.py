@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from distgan.seeding import make_generator, rank_slice
+from distgan.seeding import make_generator
 
 
 class IndexSchedule:
@@ -46,6 +46,6 @@ class IndexSchedule:
             position += take
         return torch.cat(parts)
 
-    def local_indices(self, step: int, rank: int, world_size: int) -> torch.Tensor:
-        """Return this rank's slice of global_indices(step)."""
-        return self.global_indices(step)[rank_slice(self.global_batch, rank, world_size)]
+    def local_indices(self, step: int, rows: torch.Tensor) -> torch.Tensor:
+        """Return the entries `rows` (a rank's rows, see seeding.local_rows) of global_indices(step)."""
+        return self.global_indices(step)[rows]

@@ -1,0 +1,129 @@
+"""Smoke runs of the benchmark scripts and `distgan bench` at tiny sizes: they run and report sane values.
+
+The figures of a --quick run mean nothing, so nothing here checks speed.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import LAUNCH_TIMEOUT, assert_ok, assert_user_error, run_distgan
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name: str, *args: str, cwd: Path) -> dict:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--out", "out.json", *args],
+                            cwd=cwd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert_ok(result)
+    assert "| " in result.stdout  # the printed table
+    report = json.loads((cwd / "out.json").read_text())
+    assert report["machine"]["torch"]
+    assert report["machine"]["cpu_cores"] >= 1
+    return report
+
+
+def positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def test_overhead_script(tmp_path: Path):
+    report = run_script("overhead", cwd=tmp_path)
+    assert [row["pair"] for row in report["rows"]] == ["dense", "dcgan"]
+    for row in report["rows"]:
+        assert positive(row["distgan img/s"])
+        assert positive(row["minimal img/s"])
+        assert math.isclose(row["ratio"], row["distgan img/s"] / row["minimal img/s"])
+        assert row["meets target"] == (row["ratio"] >= 0.95)
+    assert len(report["samples"]["dense"]["distgan"]) == 2  # --quick runs 2 blocks per side
+
+
+def test_data_script(tmp_path: Path):
+    report = run_script("data", cwd=tmp_path)
+    loaders = [row["loader"] for row in report["rows"]]
+    assert loaders[:3] == ["mnist (in memory)", "image folder (PNG decode)", "packed (memory-mapped)"]
+    assert report["rows"][0]["image shape"] == "1x28x28"
+    assert report["rows"][2]["image shape"] == "3x16x16"
+    training = report["rows"][3]
+    assert training["x training"] == 1.0
+    for row in report["rows"]:
+        assert positive(row["img/s (median)"])
+        assert math.isclose(row["x training"], row["img/s (median)"] / training["img/s (median)"])
+    assert report["target"]["measured"] == report["rows"][2]["x training"]
+
+
+def test_scaling_script(tmp_path: Path):
+    report = run_script("scaling", cwd=tmp_path)
+    one, two = report["rows"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert two["global batch"] == 2 * one["global batch"]
+    assert positive(one["img/s (median)"])
+    assert positive(two["img/s (median)"])
+    assert math.isclose(two["efficiency"], two["img/s (median)"] / (2 * one["img/s (median)"]))
+
+
+def test_profile_script(tmp_path: Path):
+    report = run_script("profile_step", cwd=tmp_path)
+    groups = {row["where"]: row["ms per step"] for row in report["rows"]}
+    assert groups["convolution"] > 0
+    assert groups["Adam update (optimizer.step)"] > 0
+    # The groups split the measured step time, so they add up to it.
+    assert math.isclose(sum(groups.values()), report["step_ms"], rel_tol=1e-6)
+    assert report["tables"][0]["rows"][0]["self ms per step"] > 0
+
+
+def test_gpu_check_cpu_mode_without_training(tmp_path: Path):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--cpu", "--skip", "train",
+                             "--out", "check.json"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=LAUNCH_TIMEOUT)
+    assert_ok(result)
+    report = json.loads((tmp_path / "check.json").read_text())
+    assert report["passed"]
+    assert set(report["sections"]) == {"sync", "overflow", "overhead", "inference"}
+    assert report["sections"]["overflow"]["skipped"] == "Accelerate uses no GradScaler for fp16 on cpu"
+    assert [row["pair"] for row in report["sections"]["overhead"]["rows"]] == ["dcgan"]
+
+
+INFERENCE_SCRIPT = '''
+import argparse
+
+
+def build_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    return parser
+
+
+def run(args):
+    return {"title": "Inference", "rows": [{"runtime": "onnxruntime", "quick": args.quick, "img/s": 1234.5}]}
+'''
+
+
+def test_bench_runs_inference_script_when_present(tmp_path: Path):
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "inference.py").write_text(INFERENCE_SCRIPT)
+    result = run_distgan("bench", "--only", "inference", "--quick", "--scripts", str(scripts), "--out", "b.json",
+                         cwd=tmp_path)
+    assert_ok(result)
+    assert "| onnxruntime | True  | 1,234 |" in result.stdout
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["sections"]["inference"]["rows"] == [{"runtime": "onnxruntime", "quick": True, "img/s": 1234.5}]
+    assert report["quick"] is True
+
+
+def test_bench_skips_missing_inference_script(tmp_path: Path):
+    (tmp_path / "scripts").mkdir()
+    result = run_distgan("bench", "--only", "inference", "--scripts", "scripts", "--out", "b.json", cwd=tmp_path)
+    assert_ok(result)
+    assert "skipped: scripts/inference.py not found" in result.stdout
+    assert json.loads((tmp_path / "b.json").read_text())["sections"]["inference"]["skipped"]
+
+
+def test_bench_errors(tmp_path: Path):
+    assert_user_error(run_distgan("bench", "--only", "speed", cwd=tmp_path),
+                      "invalid benchmark section speed; choose from overhead, data, scaling, inference")
+    assert_user_error(run_distgan("bench", "--scripts", "absent", cwd=tmp_path),
+                      "benchmark scripts not found in absent")
