@@ -5,9 +5,9 @@ width 64), this measures the median latency and images per second of
 PyTorch eager and of onnxruntime at batch 1 and 64. onnxruntime runs the
 plain export and the --optimize variant under several session settings, and
 the --fp16 and --int8 variants with the default settings. It counts the
-generator's FLOPs from its layers, measures the float32 matmul peak of the
-machine (the fastest of torch.mm, numpy and onnxruntime's MatMul), and
-reports the GFLOP/s that onnxruntime reaches at batch 64 as a fraction of
+generator's FLOPs from its layers and measures the float32 matmul peak of
+the machine (the fastest of torch.mm, numpy and onnxruntime's MatMul). The
+GFLOP/s that onnxruntime reaches at batch 64 is reported as a fraction of
 that peak, on all threads and on one.
 
 The targets are onnxruntime >= 3x PyTorch eager at batch 1, >= 1.2x at

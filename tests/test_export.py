@@ -153,7 +153,8 @@ def test_export_variants_and_uint8_through_cli(mnist_run: Path, tmp_path: Path):
         assert float(mean_diff) <= float(max_diff)
         assert float(ms) > 0
         assert float(images_per_second) > 0
-    assert "dtype=uint8" in result.stdout and "layout=NHWC" in result.stdout
+    assert "dtype=uint8" in result.stdout
+    assert "layout=NHWC" in result.stdout
     # The projection of z becomes a matrix product, the 128 -> 64 channel layer four Conv phases, and the
     # 64 -> 1 channel layer a MatMul and Col2Im on those phases, so no DepthToSpace remains.
     assert "the optimized variant has 3 ConvTranspose rewrite(s)" in result.stdout
@@ -168,7 +169,8 @@ def test_export_variants_and_uint8_through_cli(mnist_run: Path, tmp_path: Path):
     # The uint8 graph draws the same pixels as the float32 file converted in Python, within one level.
     z = np.random.default_rng(0).standard_normal((4, 64), dtype=np.float32)
     pixels = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"]).run(None, {"z": z})[0]
-    assert pixels.dtype == np.uint8 and pixels.shape == (4, 28, 28, 1)
+    assert pixels.dtype == np.uint8
+    assert pixels.shape == (4, 28, 28, 1)
     generator, _ = load_generator(mnist_run)
     with torch.no_grad():
         images = generator(torch.from_numpy(z)).numpy()
@@ -206,8 +208,10 @@ def test_slerp_keeps_endpoints_and_norm():
     rng = np.random.default_rng(0)
     start, end = rng.standard_normal((2, 256)).astype(np.float32)
     path = slerp(start, end, 9)
-    assert path.shape == (9, 256) and path.dtype == np.float32
-    assert np.allclose(path[0], start, atol=1e-5) and np.allclose(path[-1], end, atol=1e-5)
+    assert path.shape == (9, 256)
+    assert path.dtype == np.float32
+    assert np.allclose(path[0], start, atol=1e-5)
+    assert np.allclose(path[-1], end, atol=1e-5)
     norms = np.linalg.norm(path, axis=1)
     # Between two latents of similar norm the spherical path keeps that norm; a straight line dips by ~30%.
     assert norms.min() > 0.9 * min(norms[0], norms[-1])

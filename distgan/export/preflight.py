@@ -61,9 +61,9 @@ def check_generator(generator: nn.Module, z_dim: int, classes: int, sample_shape
     classes > 0) twice as one batch and once one by one. Raises ExportError
     when the call fails or the output is not a float tensor of shape
     [batch, *sample_shape]. It also raises when two runs on the same inputs
-    differ, because the generator draws its own noise, and when a sample of the
-    batch differs from the same inputs run alone by more than INDEPENDENCE_RTOL
-    times the largest output magnitude (at least 1).
+    differ, because then the generator draws its own noise. Last, it raises
+    when a sample of the batch differs from the same inputs run alone by more
+    than INDEPENDENCE_RTOL times the largest output magnitude (at least 1).
     """
     z, labels = _example_inputs(z_dim, classes, PREFLIGHT_BATCH)
     call = "G(z, labels) with labels int64 [batch]" if classes else "G(z)"

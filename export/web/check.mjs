@@ -4,9 +4,9 @@
 //   node check.mjs MODEL.onnx --chromium /usr/bin/chromium --screenshot page.png
 //       [--latents z.npy --canvas canvas.png]
 //
-// Starts serve.mjs on a free port of 127.0.0.1, waits for the page to load the model, optionally
-// draws the given latents and saves the canvas as a PNG, presses "New samples" and moves the
-// interpolation slider, and prints one JSON line with the results. Exits with 1 on any failure.
+// Starts serve.mjs on a free port of 127.0.0.1 and waits for the page to load the model. It then moves
+// the interpolation slider, presses "New samples" and takes the screenshot. Given latents, it draws them
+// and saves the canvas as a PNG. It prints one JSON line with the results and exits with 1 on any failure.
 
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
