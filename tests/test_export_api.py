@@ -10,10 +10,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from conftest import assert_ok, assert_user_error, run_distgan
 from distgan.errors import ExportError, InputError
 from distgan.export import ExportOptions, export_generator
+from distgan.imaging import tile, to_pixels
 from distgan.runtime import OnnxGenerator
 
 Z_DIM = 8
@@ -286,3 +289,16 @@ def test_int8_beyond_tolerance_fails(tmp_path: Path):
     with pytest.raises(ExportError, match=expected):
         export_generator(ReshapingGenerator(), image_record(), tmp_path / "g.onnx", options)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_command_with_label(tmp_path: Path):
+    record = image_record(num_classes=3, class_names=["zero", "one", "two"])
+    export_generator(ConditionalGenerator(classes=3), record, tmp_path / "c.onnx")
+    result = run_distgan("sample", "c.onnx", "--n", "4", "--seed", "2", "--label", "1", "--columns", "4",
+                         "--out", "one.png", cwd=tmp_path)
+    assert_ok(result)
+    runtime = OnnxGenerator(tmp_path / "c.onnx", providers="cpu")
+    expected = tile(to_pixels(runtime.generate(runtime.latents(4, seed=2), 1)), 4)[:, :, 0]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "one.png")), expected)
+    assert_user_error(run_distgan("sample", "c.onnx", "--label", "3", cwd=tmp_path),
+                      "label 3 is out of range; this generator has 3 classes, labels 0 to 2")
