@@ -210,7 +210,7 @@ def sample(
     out: Annotated[Path, typer.Option(help="PNG file to write; with --interpolate, a .gif suffix writes an animated GIF.")] = Path("samples.png"),
     providers: Annotated[str, typer.Option(help="auto, cpu or cuda; cuda fails when the session cannot use CUDA.")] = "auto",
     columns: Annotated[Optional[int], typer.Option(help="Images per row of the grid; default: near-square.")] = None,
-    latents: Annotated[Optional[Path], typer.Option(help="A .npy file of float32 latents [n, z_dim] to use instead of --seed; with --interpolate, its first and last rows are the endpoints.")] = None,
+    latents: Annotated[Optional[Path], typer.Option(help="A .npy file of float32 latents of shape (n, z_dim) to use instead of --seed; with --interpolate, its first and last rows are the endpoints.")] = None,
     label: Annotated[Optional[int], typer.Option(help="Class of every sample of a conditional generator; default: cycle through the classes (interpolation: class 0).")] = None,
     interpolate: Annotated[Optional[int], typer.Option(help="Write STEPS images along a spherical path between two latents instead of a grid.", metavar="STEPS")] = None,
     frame_ms: Annotated[int, typer.Option(help="Duration of one GIF frame in milliseconds.")] = 100,
