@@ -146,7 +146,7 @@ def start_trainer(overrides: dict[str, Any]) -> Any:
     from distgan.run import plan_run
     from distgan.trainer import Trainer
 
-    plan = plan_run(None, overrides, resume=False)
+    plan = plan_run(None, overrides, resume="never")
     trainer = Trainer(plan.config, plan.data)
     trainer.setup()
     return trainer

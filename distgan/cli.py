@@ -47,8 +47,9 @@ def _report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except DistganError as error:
-            # Every rank raises the same error from the same input, so one line is enough.
-            if _rank() == 0:
+            # Most errors come from the same input on every rank, so one line is enough. An error that only
+            # some ranks raise (a lost peer) is printed by each of them.
+            if _rank() == 0 or error.rank_specific:
                 typer.echo(f"error: {error}", err=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
 
@@ -103,10 +104,13 @@ def train(
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between metrics.jsonl rows; default {_default('log_every')}.")] = None,
     sample_every: Annotated[Optional[int], typer.Option(help=f"Steps between sample grids; 0 turns them off; default {_default('sample_every')}.")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help=f"Steps between checkpoints; 0 saves only at the end; default {_default('checkpoint_every')}.")] = None,
+    keep_checkpoints: Annotated[Optional[int], typer.Option(help="Complete checkpoints to keep, newest first; the one the run resumed from also stays; 0 keeps all (default).")] = None,
+    on_save_error: Annotated[Optional[str], typer.Option(help="stop (default): a checkpoint that cannot be written (a full disk) stops the run; continue: log it and try again at the next checkpoint. The last checkpoint always stops the run on failure.")] = None,
+    collective_timeout: Annotated[Optional[int], typer.Option(help=f"Seconds a process waits for the others in a collective before it stops with an error (a lost node); default {_default('collective_timeout')}.")] = None,
     num_workers: Annotated[Optional[int], typer.Option(help=f"DataLoader worker processes for image folders; default {_default('num_workers')}.")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help=f"Compile G and D with torch.compile (slower start, faster steps); default {_default('compile')}.")] = None,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help=f"Store convolution weights as NHWC (channels-last); default {_default('channels_last')}.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest complete checkpoint.")] = False,
+    resume: Annotated[str, typer.Option(help="auto: continue the run in --out from its latest complete checkpoint if it has checkpoints, else start it; latest: continue, and fail if there is no checkpoint; never: start a new run, and fail if --out has checkpoints.")] = "auto",
 ) -> None:
     """Train a GAN. Run it plainly or under `accelerate launch -m distgan train ...`."""
     overrides = {key: value for key, value in locals().items() if key not in ("config", "resume")}

@@ -23,10 +23,12 @@ BUILTIN_DATASETS = ("mnist", "ring8", "grid25")
 MODEL_NAMES = ("auto", "dense", "dcgan")
 LOSS_NAMES = ("logistic", "hinge", "lsgan", "wgan-gp")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+SAVE_ERROR_POLICIES = ("stop", "continue")
 
 # Options that may change when a run resumes; every other key must match the saved run.
 RESUMABLE_KEYS = ("steps", "log_every", "sample_every", "checkpoint_every", "num_workers", "cpu",
-                  "max_skipped_steps", "compile", "channels_last")
+                  "max_skipped_steps", "compile", "channels_last", "keep_checkpoints", "on_save_error",
+                  "collective_timeout")
 
 
 @dataclass
@@ -62,6 +64,9 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 250
     checkpoint_every: int = 500
+    keep_checkpoints: int = 0  # the newest N complete checkpoints stay; 0 keeps all
+    on_save_error: str = "stop"
+    collective_timeout: int = 600  # seconds a collective waits for the other processes before failing
     num_workers: int = 2
     compile: bool = False
     channels_last: bool = False
@@ -166,9 +171,11 @@ def validate(config: TrainConfig) -> None:
         config.mixed_precision is None or config.mixed_precision in MIXED_PRECISION,
         f"invalid mixed_precision '{config.mixed_precision}'; choose one of {', '.join(MIXED_PRECISION)}",
     )
-    for key in ("batch_size", "steps", "log_every", "grad_accum", "r1_every"):
+    _require(config.on_save_error in SAVE_ERROR_POLICIES,
+             f"invalid on_save_error '{config.on_save_error}'; choose one of {', '.join(SAVE_ERROR_POLICIES)}")
+    for key in ("batch_size", "steps", "log_every", "grad_accum", "r1_every", "collective_timeout"):
         _require(getattr(config, key) >= 1, f"{key} must be at least 1, got {getattr(config, key)}")
-    for key in ("sample_every", "checkpoint_every", "num_workers", "max_skipped_steps"):
+    for key in ("sample_every", "checkpoint_every", "num_workers", "max_skipped_steps", "keep_checkpoints"):
         _require(getattr(config, key) >= 0, f"{key} must be 0 (off) or more, got {getattr(config, key)}")
     for key in ("resolution", "channels", "z_dim", "width"):
         value = getattr(config, key)

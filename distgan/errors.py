@@ -2,7 +2,14 @@
 
 
 class DistganError(Exception):
-    """Base class of every error whose message is meant for the user, not a traceback."""
+    """Base class of every error whose message is meant for the user, not a traceback.
+
+    `rank_specific` is False for errors that every process of a run raises
+    alike, so only the main process prints them; True for errors that only
+    some processes see, which every process that raises one prints.
+    """
+
+    rank_specific = False
 
 
 class ConfigError(DistganError):
@@ -27,3 +34,9 @@ class InputError(DistganError):
 
 class TrainingError(DistganError):
     """A run that cannot continue, such as one whose losses stay non-finite."""
+
+
+class CollectiveError(TrainingError):
+    """A collective operation that failed or timed out because another process, node or the network was lost."""
+
+    rank_specific = True

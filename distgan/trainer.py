@@ -13,6 +13,7 @@ and resuming from a checkpoint continues exactly.
 
 from __future__ import annotations
 
+import datetime
 import gc
 import time
 from dataclasses import dataclass, field
@@ -22,23 +23,38 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from torch import nn
 from tqdm.auto import tqdm
 
 from distgan import __version__
-from distgan.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
+from distgan.checkpoint import (
+    CHECKPOINTS,
+    GENERATOR,
+    checkpoint_name,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from distgan.config import TrainConfig, save_toml
 from distgan.data import DataSet
 from distgan.data.mixtures import MIXTURES, get_mixture
-from distgan.distributed import check_launch, use_cpu
+from distgan.distributed import (
+    broadcast_status,
+    check_launch,
+    check_resume_step,
+    init_restart_safe_process_group,
+    is_collective_failure,
+    use_cpu,
+)
 from distgan.ema import GeneratorEMA
-from distgan.errors import CheckpointError, ConfigError, TrainingError
+from distgan.errors import CheckpointError, CollectiveError, ConfigError, TrainingError
 from distgan.imaging import save_grid, save_scatter
 from distgan.losses import get_loss
 from distgan.models import build_discriminator, build_generator, default_architecture
 from distgan.models.sync_batchnorm import convert_batchnorm
 from distgan.performance import apply_speed_options
+from distgan.retention import prune_checkpoints
 from distgan.run import CONFIG_FILE
 from distgan.seeding import derive_seed, global_latents, local_rows, make_generator, seed_device_rng
 from distgan.step import GOOD_COUNT, R1_COUNT, SKIPPED, STAT_NAMES, AdversarialStep, MicroBatch, Penalties
@@ -51,6 +67,8 @@ SAMPLE_POINTS = 2000  # points in each scatter plot of a 2D run
 # NOTE: FSDP and DeepSpeed would need a sharded EMA, sharded optimizer checkpoints and a G phase
 # that gathers D's shards. None of that exists yet, and Accelerate enables them only on GPUs.
 UNSUPPORTED_DISTRIBUTED_TYPES = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+# Status codes that the main process sends to the other ranks after a save (see distributed.broadcast_status).
+SAVE_OK, SAVE_FAILED_CONTINUE, SAVE_FAILED_STOP = 0, 1, 2
 
 
 @dataclass
@@ -83,6 +101,8 @@ class Trainer:
         self.resume_from = resume_from
         self.run_dir = config.run_dir
         self.custom_modules = (generator, discriminator) if generator is not None else None
+        self.last_checkpoint = resume_from  # named in the error when a peer is lost
+        self.current_step = 0
 
     # Set-up.
 
@@ -152,8 +172,11 @@ class Trainer:
         """
         check_launch()
         cfg = self.config
+        timeout = datetime.timedelta(seconds=cfg.collective_timeout)
+        init_restart_safe_process_group(use_cpu(cfg.cpu), timeout)
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=use_cpu(cfg.cpu),
-                                  log_with=[JsonlTracker(self.run_dir)])
+                                  log_with=[JsonlTracker(self.run_dir)],
+                                  kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
         self.accelerator = accelerator
         self.device = accelerator.device
         if accelerator.distributed_type in UNSUPPORTED_DISTRIBUTED_TYPES:
@@ -180,7 +203,13 @@ class Trainer:
         self.step_runner = AdversarialStep(accelerator, self.G, self.D, self.opt_G, self.opt_D, loss, penalties,
                                            self.G_ema)
 
+        if accelerator.is_main_process:
+            # No save is running yet, so every temporary here was left by an interrupted one.
+            remove_stale_temporaries(self.run_dir / CHECKPOINTS)
+            remove_stale_temporaries(self.run_dir / GENERATOR)
         start_step = self._load(self.resume_from) if self.resume_from else 0
+        check_resume_step(accelerator, start_step)
+        self.current_step = start_step
         if accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_toml(cfg, self.run_dir / CONFIG_FILE)
@@ -200,12 +229,28 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train until config.steps, writing metrics, samples and checkpoints into the run directory."""
-        start_step = self.setup()
         try:
+            start_step = self.setup()
             metrics = self._loop(start_step)
+        except RuntimeError as error:
+            if not is_collective_failure(error):
+                raise
+            raise self._collective_error(error) from None
         finally:
             self.close()
         return TrainResult(self.run_dir, self.config.steps, metrics)
+
+    def _collective_error(self, error: RuntimeError) -> CollectiveError:
+        text = str(error).strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
+        latest = self.last_checkpoint.name if self.last_checkpoint is not None else "none yet"
+        return CollectiveError(
+            f"process {self.accelerator.process_index} lost contact with the other processes of the run during "
+            f"step {self.current_step + 1}: {reason}. Another process or node stopped, or the network failed "
+            f"(a silent peer counts as lost after --collective-timeout {self.config.collective_timeout} s). "
+            f"The latest complete checkpoint is {latest}; start the same command again on every node to resume "
+            "from it."
+        )
 
     def close(self) -> None:
         """Stop the data workers, drop the DDP wrappers and end the process group, in that order.
@@ -213,14 +258,23 @@ class Trainer:
         The wrappers go first. A DDP reducer that outlives the process group
         destroys it during garbage collection while holding the GIL. gloo's
         worker thread needs the GIL to finish, so the process hangs at exit
-        (seen with torch 2.13 on CPU).
+        (seen with torch 2.13 on CPU). It also runs after a set-up that failed
+        halfway, and skips what does not exist yet.
         """
-        self.source.close()
+        progress_bar = self.__dict__.pop("_progress_bar", None)
+        if progress_bar is not None:
+            progress_bar.close()
+        source = self.__dict__.pop("source", None)
+        if source is not None:
+            source.close()
         for name in ("step_runner", "G", "D", "G_inner", "D_inner", "opt_G", "opt_D"):
             self.__dict__.pop(name, None)
-        self.accelerator.free_memory()
+        accelerator = self.__dict__.get("accelerator")
+        if accelerator is None:
+            return
+        accelerator.free_memory()
         gc.collect()
-        self.accelerator.end_training()
+        accelerator.end_training()
 
     def _loop(self, start_step: int) -> dict[str, float]:
         cfg, accelerator = self.config, self.accelerator
@@ -234,9 +288,11 @@ class Trainer:
         steps_in_interval = 0
         metrics: dict[str, float] = {}
         interval_start = time.perf_counter()
-        bar = tqdm(total=cfg.steps, initial=start_step, unit="step", dynamic_ncols=True,
-                   disable=not accelerator.is_main_process)
+        # close() closes the bar too, so that an error message after a failed step starts on a line of its own.
+        bar = self._progress_bar = tqdm(total=cfg.steps, initial=start_step, unit="step", dynamic_ncols=True,
+                                        disable=not accelerator.is_main_process)
         for step in range(start_step, cfg.steps):
+            self.current_step = step
             sums += self.train_step(step)
             steps_in_interval += 1
             done = step + 1
@@ -331,45 +387,88 @@ class Trainer:
         with torch.no_grad():
             samples = generator(z).float().cpu().numpy()
         generator.train(was_training)
-        if self.data.kind == "image":
-            save_grid(samples, path)
-        else:
-            centers = get_mixture(self.data.name).centers.numpy() if self.data.name in MIXTURES else None
-            save_scatter(samples, path, centers)
+        try:
+            if self.data.kind == "image":
+                save_grid(samples, path)
+            else:
+                centers = get_mixture(self.data.name).centers.numpy() if self.data.name in MIXTURES else None
+                save_scatter(samples, path, centers)
+        except OSError as error:
+            # Samples are previews that nothing reads back; a full disk stops the run at the next checkpoint.
+            logger.warning("cannot write the sample grid %s: %s; training continues", path, error)
 
     def _save(self, step: int) -> None:
+        """Save the checkpoint of `step` on the main process; every rank learns whether it worked.
+
+        A failure raises on every rank, or, for a checkpoint that could not be
+        written under --on-save-error continue, logs a warning and lets the
+        run go on (except at the last step, whose checkpoint is the result).
+        """
         accelerator = self.accelerator
         # get_state_dict gathers sharded weights, so every rank takes part.
         models = {"G": accelerator.get_state_dict(self.G), "D": accelerator.get_state_dict(self.D)}
         if self.G_ema is not None:
             models["G_ema"] = self.G_ema.state_dict()
+        failure: TrainingError | CheckpointError | None = None
+        status = SAVE_OK
         if accelerator.is_main_process:
-            for name, state in models.items():
-                bad = [key for key, tensor in state.items() if tensor.is_floating_point() and
-                       not bool(torch.isfinite(tensor).all())]
-                if bad:
-                    raise TrainingError(f"refusing to save step {step}: {name} has non-finite values in "
-                                        f"{', '.join(bad[:5])}; the latest checkpoint is intact")
-            optimizers = {"optimizer_G": self.opt_G.state_dict(), "optimizer_D": self.opt_D.state_dict()}
-            if accelerator.scaler is not None:
-                optimizers["scaler"] = accelerator.scaler.state_dict()
-            extra = {"distgan_version": __version__, "world_size": accelerator.num_processes}
-            record = self._generator_record(step)
-            path = save_checkpoint(self.run_dir, step, models, optimizers, record, record["weights"], extra)
-            logger.info("saved checkpoint %s", path)
-        accelerator.wait_for_everyone()
+            try:
+                self._write_checkpoint(step, models)
+            except (TrainingError, CheckpointError) as error:
+                failure = error
+                may_continue = (isinstance(error, CheckpointError) and self.config.on_save_error == "continue"
+                                and step < self.config.steps)
+                status = SAVE_FAILED_CONTINUE if may_continue else SAVE_FAILED_STOP
+        status = broadcast_status(accelerator, status)
+        if status == SAVE_OK:
+            self.last_checkpoint = self.run_dir / CHECKPOINTS / checkpoint_name(step)
+        elif status == SAVE_FAILED_CONTINUE:
+            logger.warning("%s Training continues (--on-save-error continue); the next checkpoint tries again.",
+                           failure)
+        elif failure is not None:
+            raise failure
+        else:
+            raise TrainingError(f"the main process could not save the checkpoint of step {step}; "
+                                "its error message gives the cause")
+
+    def _write_checkpoint(self, step: int, models: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Check the weights, write the checkpoint and apply the retention. Main process only."""
+        accelerator = self.accelerator
+        for name, state in models.items():
+            bad = [key for key, tensor in state.items() if tensor.is_floating_point() and
+                   not bool(torch.isfinite(tensor).all())]
+            if bad:
+                raise TrainingError(f"refusing to save step {step}: {name} has non-finite values in "
+                                    f"{', '.join(bad[:5])}; the latest checkpoint is intact")
+        optimizers = {"optimizer_G": self.opt_G.state_dict(), "optimizer_D": self.opt_D.state_dict()}
+        if accelerator.scaler is not None:
+            optimizers["scaler"] = accelerator.scaler.state_dict()
+        extra = {"distgan_version": __version__, "world_size": accelerator.num_processes}
+        record = self._generator_record(step)
+        path = save_checkpoint(self.run_dir, step, models, optimizers, record, record["weights"], extra)
+        logger.info("saved checkpoint %s", path)
+        prune_checkpoints(self.run_dir, self.config.keep_checkpoints, protected=self.resume_from)
 
     def _load(self, path: Path) -> int:
         models, optimizers, state = load_checkpoint(path)
-        self.G_inner.load_state_dict(models["G"])
-        self.D_inner.load_state_dict(models["D"])
-        if self.G_ema is not None:
-            if "G_ema" not in models:
-                raise CheckpointError(f"checkpoint {path} has no G_ema weights; resume with --no-ema")
-            self.G_ema.load_state_dict(models["G_ema"])
-        self.opt_G.load_state_dict(optimizers["optimizer_G"])
-        self.opt_D.load_state_dict(optimizers["optimizer_D"])
-        if self.accelerator.scaler is not None and "scaler" in optimizers:
-            self.accelerator.scaler.load_state_dict(optimizers["scaler"])
+        if self.G_ema is not None and "G_ema" not in models:
+            raise CheckpointError(f"checkpoint {path} has no G_ema weights; resume with --no-ema")
+        try:
+            self.G_inner.load_state_dict(models["G"])
+            self.D_inner.load_state_dict(models["D"])
+            if self.G_ema is not None:
+                self.G_ema.load_state_dict(models["G_ema"])
+            self.opt_G.load_state_dict(optimizers["optimizer_G"])
+            self.opt_D.load_state_dict(optimizers["optimizer_D"])
+            if self.accelerator.scaler is not None and "scaler" in optimizers:
+                self.accelerator.scaler.load_state_dict(optimizers["scaler"])
+        # load_state_dict raises RuntimeError for other shapes or names and ValueError or KeyError for
+        # optimizer state of other parameter groups.
+        except (RuntimeError, ValueError, KeyError) as error:
+            text = str(error).strip()
+            reason = text.splitlines()[0] if text else type(error).__name__
+            raise CheckpointError(f"checkpoint {path} does not fit the models of this run: {reason}. It belongs "
+                                  "to another architecture; resume it with the config.toml of the run that "
+                                  "wrote it, or start a new run with another --out") from None
         logger.info("resumed from %s at step %d", path, state["step"])
         return int(state["step"])

@@ -26,13 +26,18 @@ def run_distgan(*args: str, cwd: Path, env: dict[str, str] | None = None) -> sub
                           timeout=LAUNCH_TIMEOUT, env={**os.environ, **(env or {})})
 
 
-def launch_distgan(*args: str, cwd: Path, num_processes: int = 2) -> subprocess.CompletedProcess:
-    """Run `accelerate launch --multi_gpu --num_processes N -m distgan ARGS` on CPU processes (gloo)."""
-    command = [
+def launch_command(*target: str, num_processes: int = 2, launcher_args: tuple[str, ...] = ()) -> list[str]:
+    """Return `accelerate launch --multi_gpu --num_processes N [launcher_args] TARGET` for CPU processes (gloo)."""
+    return [
         str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(num_processes),
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), "-m", "distgan", *args,
+        "--main_process_port", str(free_port()), *launcher_args, *target,
     ]
+
+
+def launch_distgan(*args: str, cwd: Path, num_processes: int = 2) -> subprocess.CompletedProcess:
+    """Run `accelerate launch --multi_gpu --num_processes N -m distgan ARGS` on CPU processes (gloo)."""
+    command = launch_command("-m", "distgan", *args, num_processes=num_processes)
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
 
 
@@ -74,9 +79,5 @@ SCRIPTS = Path(__file__).parent / "scripts"
 
 def launch_script(name: str, *args: str, cwd: Path, num_processes: int = 2) -> subprocess.CompletedProcess:
     """Run tests/scripts/NAME under `accelerate launch --multi_gpu --num_processes N` on CPU processes."""
-    command = [
-        str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(num_processes),
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), str(SCRIPTS / name), *args,
-    ]
+    command = launch_command(str(SCRIPTS / name), *args, num_processes=num_processes)
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)

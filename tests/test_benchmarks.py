@@ -142,3 +142,12 @@ def test_bench_errors(tmp_path: Path):
                       "invalid benchmark section speed; choose from overhead, data, scaling, inference")
     assert_user_error(run_distgan("bench", "--scripts", "absent", cwd=tmp_path),
                       "benchmark scripts not found in absent")
+
+
+def test_reliability_script(tmp_path: Path):
+    report = run_script("reliability", cwd=tmp_path)  # --quick measures the save section only
+    row = report["rows"][0]
+    assert positive(row["checkpoint (MB)"])
+    assert positive(row["save (s)"])
+    assert 0 < row["of which SHA-256 (s)"] < row["save (s)"]
+    assert positive(row["load (s)"])

@@ -52,7 +52,7 @@ def test_invalid_option_values(tmp_path: Path, args: list[str], fragment: str):
 
 
 def test_resume_without_run(tmp_path: Path):
-    assert_user_error(run_distgan("train", "--out", "nothing", "--resume", cwd=tmp_path),
+    assert_user_error(run_distgan("train", "--out", "nothing", "--resume", "latest", cwd=tmp_path),
                       "nothing to resume in nothing", "config.toml not found")
 
 
@@ -63,7 +63,7 @@ def test_resume_with_incomplete_checkpoint(mnist_run: Path, tmp_path: Path):
     shutil.copytree(mnist_run, run)
     shutil.rmtree(run / "checkpoints" / "step-0000003")
     (run / "checkpoints" / "step-0000006" / "optimizer_D.pt").unlink()
-    result = run_distgan("train", "--out", str(run), "--resume", cwd=tmp_path)
+    result = run_distgan("train", "--out", str(run), cwd=tmp_path)  # --resume auto, the default
     assert_user_error(result, "no complete checkpoint", "to resume from")
     assert "optimizer_D.pt is missing" in result.stderr  # the skipped checkpoint is named in a warning
 
@@ -75,7 +75,7 @@ def test_damaged_checkpoint_file(mnist_run: Path, tmp_path: Path):
     shutil.copytree(mnist_run, run)
     weights = run / "checkpoints" / "step-0000006" / "G.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    result = run_distgan("train", "--out", str(run), "--resume", "--steps", "8", cwd=tmp_path)
+    result = run_distgan("train", "--out", str(run), "--steps", "8", cwd=tmp_path)
     # The damaged step 6 is skipped (its size no longer matches) and step 3 is used.
     assert_ok(result)
     assert "G.safetensors has 100 bytes" in result.stderr

@@ -66,7 +66,7 @@ def test_world_size_invariance_dcgan_sync_bn(tmp_path: Path):
 def test_exact_resume_two_processes(grid_runs):
     root = grid_runs["root"]
     assert_ok(launch_distgan(*GRID, "--steps", "10", "--checkpoint-every", "10", "--out", "split", cwd=root))
-    assert_ok(launch_distgan(*GRID, "--steps", "20", "--checkpoint-every", "10", "--out", "split", "--resume",
+    assert_ok(launch_distgan(*GRID, "--steps", "20", "--checkpoint-every", "10", "--out", "split", "--resume", "latest",
                              cwd=root))
     for name in ("G", "D", "G_ema"):
         straight, resumed = weights(grid_runs["two"], 20, name), weights(root / "split", 20, name)

@@ -41,7 +41,7 @@ def test_resume_continues_step_count(mnist_run: Path, tmp_path: Path):
     run = tmp_path / "run"
     shutil.copytree(mnist_run, run)
     result = launch_distgan("train", "--cpu", "--steps", "9", "--batch-size", "16", "--log-every", "3",
-                            "--checkpoint-every", "3", "--out", str(run), "--resume", cwd=tmp_path)
+                            "--checkpoint-every", "3", "--out", str(run), "--resume", "latest", cwd=tmp_path)
     assert_ok(result)
     assert "resumed from" in result.stderr and "at step 6" in result.stderr
     assert _metric_steps(run) == [3, 6, 9]
@@ -54,7 +54,8 @@ def test_resume_is_exact_on_one_process(tmp_path: Path):
               "--sample-every", "0"]
     assert_ok(run_distgan(*common, "--steps", "4", "--out", "straight", cwd=tmp_path))
     assert_ok(run_distgan(*common, "--steps", "2", "--out", "split", cwd=tmp_path))
-    assert_ok(run_distgan(*common, "--steps", "4", "--out", "split", "--resume", cwd=tmp_path))
+    # The same command with more steps continues the run: --resume auto is the default.
+    assert_ok(run_distgan(*common, "--steps", "4", "--out", "split", cwd=tmp_path))
     for name in ("G", "D", "G_ema"):
         straight = load_file(tmp_path / "straight" / "checkpoints" / "step-0000004" / f"{name}.safetensors")
         split = load_file(tmp_path / "split" / "checkpoints" / "step-0000004" / f"{name}.safetensors")
@@ -63,9 +64,14 @@ def test_resume_is_exact_on_one_process(tmp_path: Path):
             assert (straight[key] == split[key]).all(), f"{name}.{key} differs after resume"
 
 
-def test_new_run_refuses_existing_checkpoints(mnist_run: Path, tmp_path: Path):
-    result = run_distgan("train", "--steps", "2", "--out", str(mnist_run), cwd=tmp_path)
-    assert_user_error(result, "already contains a run with checkpoints up to step 6", "--resume")
+def test_resume_never_refuses_existing_checkpoints(mnist_run: Path, tmp_path: Path):
+    result = run_distgan("train", "--steps", "2", "--out", str(mnist_run), "--resume", "never", cwd=tmp_path)
+    assert_user_error(result, "already contains a run with checkpoints up to step 6", "--resume auto")
+
+
+def test_resume_auto_rejects_other_architecture(mnist_run: Path, tmp_path: Path):
+    result = run_distgan("train", "--steps", "8", "--width", "32", "--out", str(mnist_run), cwd=tmp_path)
+    assert_user_error(result, "cannot change 'width' from 64 to 32 when resuming", "another --out")
 
 
 def test_accelerate_cpu_launcher_single_process_is_rejected(tmp_path: Path):
