@@ -125,6 +125,15 @@ def train(
         typer.echo(f"done: step {result.step}, run directory {result.run_dir}")
 
 
+def _export_options(opset: int, atol: float, exporter: str, postprocess: str, optimize: bool, fp16: bool,
+                    int8: bool, fp16_atol: float, int8_atol: float) -> Any:
+    from distgan.export import ExportOptions
+
+    variants = tuple(name for name, wanted in (("optimized", optimize), ("fp16", fp16), ("int8", int8)) if wanted)
+    return ExportOptions(opset=opset, atol=atol, exporter=exporter, postprocess=postprocess, variants=variants,
+                         fp16_atol=fp16_atol, int8_atol=int8_atol)
+
+
 @app.command()
 @_report_errors
 def prepare(
@@ -157,24 +166,43 @@ def prepare(
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory, its generator/ folder, or one checkpoint directory.")],
     out: Annotated[Optional[Path], typer.Option(help="ONNX file to write; default: <run>/generator.onnx.")] = None,
-    atol: Annotated[float, typer.Option(help="Largest accepted |onnxruntime - PyTorch| difference.")] = 1e-4,
-    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
+    atol: Annotated[float, typer.Option(help="Largest accepted |onnxruntime - PyTorch| of the float32 and optimized files.")] = 1e-4,
+    opset: Annotated[int, typer.Option(help="ONNX opset version, 13 or newer; default 18, the dynamo exporter's own.")] = 18,
+    exporter: Annotated[str, typer.Option(help="auto (dynamo, then TorchScript if dynamo fails), dynamo or torchscript.")] = "auto",
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Export G_ema (default) or the raw generator G.")] = True,
+    postprocess: Annotated[str, typer.Option(help="none, or uint8: the graph outputs uint8 pixels in NHWC order (batch, height, width, channels).")] = "none",
+    optimize: Annotated[bool, typer.Option("--optimize", help="Also write NAME.optimized.onnx beside NAME.onnx: faster forms of transposed convolutions, then onnxruntime's offline graph optimization.")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write NAME.fp16.onnx beside NAME.onnx: float16 weights and compute, float32 inputs and outputs.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write NAME.int8.onnx beside NAME.onnx: static int8 quantization calibrated on random latents.")] = False,
+    fp16_atol: Annotated[float, typer.Option(help="Largest accepted |fp16 - PyTorch| difference.")] = 2e-2,
+    int8_atol: Annotated[float, typer.Option(help="Largest accepted |int8 - PyTorch| difference; the mean must also stay under 0.02.")] = 0.5,
 ) -> None:
-    """Export a trained generator to ONNX and check it against PyTorch."""
+    """Export a trained generator to ONNX, check it against PyTorch, and build optional variants."""
     from distgan.export import export_run
 
-    report = export_run(run, out, raw=not ema, opset=opset, atol=atol)
+    options = _export_options(opset, atol, exporter, postprocess, optimize, fp16, int8, fp16_atol, int8_atol)
+    report = export_run(run, out, raw=not ema, options=options)
+    metadata = report.metadata
     typer.echo(f"wrote {report.path} ({report.file_size / 1e6:.2f} MB, {report.exporter} exporter, opset {report.opset}, "
-               f"weights {report.metadata['weights']} at step {report.metadata['step']})")
+               f"weights {metadata['weights']} at step {metadata['step']})")
     for note in report.notes:
         typer.echo(f"  note: {note}")
     typer.echo("  onnx.checker: passed")
     for result in report.parity:
         typer.echo(f"  batch {result.batch_size:>2}: max |onnxruntime - PyTorch| = {result.max_abs_diff:.2e} "
                    f"(tolerance {result.tolerance:.0e}) {'passed' if result.passed else 'FAILED'}")
-    typer.echo(f"  metadata: z_dim={report.metadata['z_dim']} sample_shape={report.metadata['sample_shape']} "
-               f"value_range={report.metadata['value_range']} layout={report.metadata['layout']}")
+    typer.echo(f"  batch independence: max |alone - in batch| = {report.files[0].batch_independence:.2e}")
+    typer.echo(f"  metadata: z_dim={metadata['z_dim']} num_classes={metadata['num_classes']} "
+               f"sample_shape={metadata['sample_shape']} value_range={metadata['value_range']} "
+               f"layout={metadata['layout']} dtype={metadata['dtype']}")
+    typer.echo(f"  {'file':<28} {'variant':<10} {'size MB':>8} {'max abs diff':>13} {'tolerance':>10} "
+               f"{'mean abs diff':>14} {'ms/batch':>9} {'images/s':>9}")
+    for file in report.files:
+        speed = file.speed
+        typer.echo(f"  {file.path.name:<28} {file.variant:<10} {file.file_size / 1e6:>8.2f} {file.max_abs_diff:>13.2e} "
+                   f"{file.parity[0].tolerance:>10.2g} {file.mean_abs_diff:>14.2e} {speed.median_ms:>9.2f} "
+                   f"{speed.images_per_second:>9.0f}")
+    typer.echo(f"  (ms/batch: median onnxruntime CPU latency at batch {report.files[0].speed.batch_size})")
 
 
 @app.command()
@@ -183,32 +211,69 @@ def sample(
     onnx_file: Annotated[Path, typer.Argument(metavar="ONNX", help="An ONNX file written by distgan export.")],
     n: Annotated[int, typer.Option(help="Number of samples.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the latents; the same seed gives the same images.")] = 0,
-    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("samples.png"),
+    out: Annotated[Path, typer.Option(help="PNG file to write; with --interpolate, a .gif suffix writes an animated GIF.")] = Path("samples.png"),
     providers: Annotated[str, typer.Option(help="auto, cpu or cuda; cuda fails when the session cannot use CUDA.")] = "auto",
     columns: Annotated[Optional[int], typer.Option(help="Images per row of the grid; default: near-square.")] = None,
-    latents: Annotated[Optional[Path], typer.Option(help="A .npy file of float32 latents [n, z_dim] to use instead of --seed.")] = None,
+    latents: Annotated[Optional[Path], typer.Option(help="A .npy file of float32 latents of shape (n, z_dim) to use instead of --seed; with --interpolate, its first and last rows are the endpoints.")] = None,
+    label: Annotated[Optional[int], typer.Option(help="Class of every sample of a conditional generator; default: cycle through the classes (interpolation: class 0).")] = None,
+    interpolate: Annotated[Optional[int], typer.Option(help="Write STEPS images along a spherical path between two latents instead of a grid.", metavar="STEPS")] = None,
+    frame_ms: Annotated[int, typer.Option(help="Duration of one GIF frame in milliseconds.")] = 100,
+    scale: Annotated[int, typer.Option(help="Enlarge every image by this integer factor (nearest neighbour).")] = 1,
 ) -> None:
-    """Generate samples from an exported ONNX file with onnxruntime (no torch) and save them as a PNG."""
-    import numpy as np
-
+    """Generate samples from an exported ONNX file with onnxruntime (no torch) and save a PNG grid, strip or GIF."""
     from distgan.errors import InputError
-    from distgan.imaging import save_grid, save_scatter
+    from distgan.imaging import save_gif, save_grid, save_scatter
     from distgan.runtime import OnnxGenerator
 
+    if scale < 1:
+        raise InputError(f"--scale must be at least 1, got {scale}")
+    if frame_ms < 1:
+        raise InputError(f"--frame-ms must be at least 1, got {frame_ms}")
     generator = OnnxGenerator(onnx_file, providers=providers)
-    if latents is not None:
-        try:
-            z = np.load(latents, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise InputError(f"cannot read latents from {latents}: {error}") from None
-        samples = generator.generate(z)
-    else:
-        samples = generator.sample(n, seed=seed)
+    z = _read_latents(latents) if latents is not None else None
+    if interpolate is not None:
+        if generator.kind != "image":
+            raise InputError(f"--interpolate needs an image generator; {onnx_file} generates {generator.kind}")
+        endpoints = None if z is None else _endpoints(z, latents)
+        samples = generator.interpolate(interpolate, seed=seed, labels=label, endpoints=endpoints)
+        if out.suffix.lower() == ".gif":
+            save_gif(samples, out, frame_ms, scale)
+        else:
+            save_grid(samples, out, columns=len(samples), scale=scale)
+        typer.echo(f"wrote {out} ({len(samples)} interpolation steps of shape {list(samples.shape[1:])}, "
+                   f"{generator.provider})")
+        return
+    if out.suffix.lower() == ".gif":
+        raise InputError(f"{out}: an animated GIF needs --interpolate STEPS; write a grid to a .png file")
+    if z is None:
+        z = generator.latents(n, seed)
+    labels = generator.default_labels(len(z)) if label is None else label
+    samples = generator.generate(z, labels)
     if generator.kind == "image":
-        save_grid(samples, out, columns)
+        save_grid(samples, out, columns, scale)
     else:
         save_scatter(samples, out)
     typer.echo(f"wrote {out} ({len(samples)} samples of shape {list(samples.shape[1:])}, {generator.provider})")
+
+
+def _read_latents(path: Path) -> Any:
+    import numpy as np
+
+    from distgan.errors import InputError
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read latents from {path}: {error}") from None
+
+
+def _endpoints(z: Any, path: Path) -> Any:
+    from distgan.errors import InputError
+
+    if getattr(z, "ndim", 0) != 2 or len(z) < 2:
+        raise InputError(f"--interpolate with --latents needs at least 2 latents in {path}, got shape "
+                         f"{list(getattr(z, 'shape', []))}")
+    return z[[0, -1]]
 
 
 @app.command()

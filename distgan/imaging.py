@@ -22,6 +22,18 @@ def to_uint8_nhwc(images: np.ndarray) -> np.ndarray:
     return np.rint(scaled).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+def to_pixels(images: np.ndarray) -> np.ndarray:
+    """Return uint8 [N, H, W, C] pixels of generator output: float NCHW in [-1, 1], or uint8 NHWC as it is."""
+    return images if images.dtype == np.uint8 else to_uint8_nhwc(images)
+
+
+def upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
+    """Enlarge uint8 images [..., H, W, C] by an integer factor, repeating each pixel (nearest neighbour)."""
+    if scale < 1:
+        raise ValueError(f"scale must be at least 1, got {scale}")
+    return pixels.repeat(scale, axis=-3).repeat(scale, axis=-2) if scale > 1 else pixels
+
+
 def tile(images: np.ndarray, columns: int | None = None, padding: int = GRID_PADDING) -> np.ndarray:
     """Arrange uint8 images [N, H, W, C] in a grid of `columns` (default: near-square) on a black background."""
     count, height, width, channels = images.shape
@@ -45,9 +57,19 @@ def save_image(array: np.ndarray, path: str | Path) -> Path:
     return path
 
 
-def save_grid(images: np.ndarray, path: str | Path, columns: int | None = None) -> Path:
-    """Write float images [N, C, H, W] in [-1, 1] as one PNG grid."""
-    return save_image(tile(to_uint8_nhwc(images), columns), path)
+def save_grid(images: np.ndarray, path: str | Path, columns: int | None = None, scale: int = 1) -> Path:
+    """Write generator output (float [N, C, H, W] in [-1, 1] or uint8 [N, H, W, C]) as one PNG grid."""
+    return save_image(tile(upscale(to_pixels(images), scale), columns), path)
+
+
+def save_gif(images: np.ndarray, path: str | Path, frame_ms: int, scale: int = 1) -> Path:
+    """Write generator output [N, ...] as an animated GIF of N frames, `frame_ms` milliseconds each, looping."""
+    pixels = upscale(to_pixels(images), scale)
+    frames = [Image.fromarray(frame[:, :, 0] if frame.shape[2] == 1 else frame) for frame in pixels]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    return path
 
 
 def save_scatter(points: np.ndarray, path: str | Path, centers: np.ndarray | None = None,

@@ -74,6 +74,21 @@ def test_profile_script(tmp_path: Path):
     assert report["tables"][0]["rows"][0]["self ms per step"] > 0
 
 
+def test_inference_script(tmp_path: Path):
+    report = run_script("inference", "--device", "cpu", cwd=tmp_path)
+    assert report["model"]["mflops_per_image"] == 14.04928  # the MNIST DCGAN generator's three layers
+    runtimes = {(row["batch"], row["runtime"]) for row in report["rows"]}
+    for batch_size in (1, 64):
+        assert (batch_size, "PyTorch eager") in runtimes
+        assert (batch_size, "PyTorch eager, 1 thread") in runtimes
+        assert (batch_size, "onnxruntime, generator.optimized.onnx, default") in runtimes
+    assert all(positive(row["images/s"]) for row in report["rows"])
+    assert positive(report["matmul_gflops"]["peak"])
+    assert positive(report["peak_fraction_at_64"])
+    assert [row["met"] in ("yes", "no") for row in report["tables"][0]["rows"]] == [True, True, True]
+    assert report["model"]["max_abs_diff_from_pytorch"]["generator.optimized.onnx"] < 1e-4
+
+
 def test_gpu_check_cpu_mode_without_training(tmp_path: Path):
     result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--cpu", "--skip", "train",
                              "--out", "check.json"], cwd=tmp_path, capture_output=True, text=True,

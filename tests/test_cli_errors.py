@@ -158,3 +158,28 @@ def test_resume_from_another_directory_and_lower_steps(tmp_path: Path):
     assert "at step 2" in result.stderr
     assert_user_error(run_distgan("train", "--out", "work/run", "--steps", "1", cwd=tmp_path),
                       "already at step 3, beyond --steps 1")
+
+
+def test_sample_label_and_interpolation_errors(exported_onnx: Path, tmp_path: Path):
+    assert_user_error(run_distgan("sample", str(exported_onnx), "--label", "1", cwd=tmp_path),
+                      "is an unconditional generator and takes no labels")
+    assert_user_error(run_distgan("sample", str(exported_onnx), "--interpolate", "1", cwd=tmp_path),
+                      "interpolation needs at least 2 steps, got 1")
+    assert_user_error(run_distgan("sample", str(exported_onnx), "--out", "grid.gif", cwd=tmp_path),
+                      "an animated GIF needs --interpolate STEPS")
+    assert_user_error(run_distgan("sample", str(exported_onnx), "--scale", "0", cwd=tmp_path),
+                      "--scale must be at least 1, got 0")
+    np.save(tmp_path / "one.npy", np.zeros((1, 64), np.float32))
+    assert_user_error(run_distgan("sample", str(exported_onnx), "--interpolate", "4", "--latents", "one.npy",
+                                  cwd=tmp_path), "needs at least 2 latents in one.npy, got shape [1, 64]")
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--opset", "7"], "invalid opset 7; choose 13 to"),
+    (["--postprocess", "jpeg"], "invalid postprocess 'jpeg'; choose one of none, uint8"),
+    (["--exporter", "onnxscript"], "invalid exporter 'onnxscript'; choose one of auto, dynamo, torchscript"),
+    (["--fp16-atol", "0"], "fp16_atol must be positive, got 0.0"),
+])
+def test_export_invalid_options(mnist_run: Path, tmp_path: Path, args: list[str], fragment: str):
+    assert_user_error(run_distgan("export", str(mnist_run), "--out", "g.onnx", *args, cwd=tmp_path), fragment)
+    assert list(tmp_path.iterdir()) == []
