@@ -77,6 +77,8 @@ def train_runs(args: argparse.Namespace, packed: Path, workdir: Path) -> list[di
     size = sizes(args.cpu)
     variants = [("bf16", []), ("bf16", ["--compile"]), ("fp16", []), ("fp16", ["--compile"]),
                 ("bf16", ["--compile", "--channels-last"])]
+    if args.cpu:  # distgan rejects fp16 on the CPU, where Accelerate would silently train in float32
+        variants = [variant for variant in variants if variant[0] != "fp16"]
     rows = []
     for precision, options in variants:
         run_dir = workdir / f"train-{precision}{''.join(options).replace('--', '-')}"
@@ -179,11 +181,10 @@ def overflow_check(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     from distgan.step import MAX_OVERFLOW_RETRIES, SKIPPED
 
+    if args.cpu or not torch.cuda.is_available():
+        return {"passed": True, "skipped": "fp16 with a GradScaler needs a CUDA device"}
     trainer = _trainer(args, "fp16", workdir, steps=8)
     scaler = trainer.accelerator.scaler
-    if scaler is None:
-        trainer.close()
-        return {"passed": True, "skipped": f"Accelerate uses no GradScaler for fp16 on {trainer.device}"}
     for step in range(2):
         trainer.train_step(step)
     tracker_before = int(scaler._growth_tracker.item())

@@ -28,6 +28,9 @@ app = typer.Typer(
 )
 
 EXIT_USER_ERROR = 1
+EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+# Packages that the torch-free runtime install may lack; every command but sample needs them.
+OPTIONAL_STACK = ("torch", "accelerate", "onnx", "onnxscript", "safetensors", "tqdm")
 
 
 def _default(key: str) -> str:
@@ -51,6 +54,20 @@ def _report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             # some ranks raise (a lost peer) is printed by each of them.
             if _rank() == 0 or error.rank_specific:
                 typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except ModuleNotFoundError as error:
+            if error.name not in OPTIONAL_STACK:
+                raise
+            typer.echo(f"error: distgan {command.__name__} needs {error.name}, which is not installed; install "
+                       "distgan with its dependencies (pip install distgan). Only distgan sample runs without torch.",
+                       err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except OSError as error:
+            if error.filename is None:
+                raise
+            # Files the user named or their folders: read-only, missing, full or of the wrong type.
+            typer.echo(f"error: cannot write or read {error.filename}: {error.strerror}; check the path, its "
+                       "permissions and the free space", err=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
 
     return wrapper
@@ -86,7 +103,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(help=f"Global batch size, split evenly over all processes; default {_default('batch_size')}.")] = None,
     steps: Annotated[Optional[int], typer.Option(help=f"Total training steps (one D and one G update each); default {_default('steps')}.")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help=f"Micro-batches per optimizer step; each step trains on grad_accum x batch_size samples; default {_default('grad_accum')}.")] = None,
-    sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn", help="BatchNorm statistics over the global batch of all processes instead of each process's share.")] = None,
+    sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn", metavar="", help="BatchNorm statistics over the global batch of all processes instead of each process's share.")] = None,
     r1_gamma: Annotated[Optional[float], typer.Option(help=f"Weight gamma of the R1 penalty on real data; 0 turns it off; default {_default('r1_gamma')}.")] = None,
     r1_every: Annotated[Optional[int], typer.Option(help=f"Steps between R1 penalties (lazy regularization, weight scaled to match); default {_default('r1_every')}.")] = None,
     gp_weight: Annotated[Optional[float], typer.Option(help=f"Weight of the gradient penalty of --loss wgan-gp; default {_default('gp_weight')}.")] = None,
@@ -98,8 +115,8 @@ def train(
     loss: Annotated[Optional[str], typer.Option(help=f"logistic (non-saturating), hinge, lsgan or wgan-gp; default {_default('loss')}.")] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Seed of every random draw; default {_default('seed')}.")] = None,
     mixed_precision: Annotated[Optional[str], typer.Option(help="no, bf16 or fp16; default: the accelerate config's.")] = None,
-    cpu: Annotated[Optional[bool], typer.Option("--cpu", help="Train on the CPU even where a GPU is available.")] = None,
-    ema: Annotated[Optional[bool], typer.Option("--ema/--no-ema", help=f"Keep a moving average G_ema of G for samples and export; default {_default('ema')}.")] = None,
+    cpu: Annotated[Optional[bool], typer.Option("--cpu", metavar="", help="Train on the CPU even where a GPU is available.")] = None,
+    ema: Annotated[Optional[bool], typer.Option("--ema/--no-ema", metavar="", help=f"Keep a moving average G_ema of G for samples and export; default {_default('ema')}.")] = None,
     ema_decay: Annotated[Optional[float], typer.Option(help=f"Decay of G_ema per step; default {_default('ema_decay')}.")] = None,
     log_every: Annotated[Optional[int], typer.Option(help=f"Steps between metrics.jsonl rows; default {_default('log_every')}.")] = None,
     sample_every: Annotated[Optional[int], typer.Option(help=f"Steps between sample grids; 0 turns them off; default {_default('sample_every')}.")] = None,
@@ -108,8 +125,8 @@ def train(
     on_save_error: Annotated[Optional[str], typer.Option(help="stop (default): a checkpoint that cannot be written (a full disk) stops the run; continue: log it and try again at the next checkpoint. The last checkpoint always stops the run on failure.")] = None,
     collective_timeout: Annotated[Optional[int], typer.Option(help=f"Seconds a process waits for the others in a collective before it stops with an error (a lost node); default {_default('collective_timeout')}.")] = None,
     num_workers: Annotated[Optional[int], typer.Option(help=f"DataLoader worker processes for image folders; default {_default('num_workers')}.")] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help=f"Compile G and D with torch.compile (slower start, faster steps); default {_default('compile')}.")] = None,
-    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help=f"Store convolution weights as NHWC (channels-last); default {_default('channels_last')}.")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", metavar="", help=f"Compile G and D with torch.compile (slower start, faster steps); default {_default('compile')}.")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", metavar="", help=f"Store convolution weights as NHWC (channels-last); default {_default('channels_last')}.")] = None,
     resume: Annotated[str, typer.Option(help="auto: continue the run in --out from its latest complete checkpoint if it has checkpoints, else start it; latest: continue, and fail if there is no checkpoint; never: start a new run, and fail if --out has checkpoints.")] = "auto",
 ) -> None:
     """Train a GAN. Run it plainly or under `accelerate launch -m distgan train ...`."""
@@ -120,7 +137,16 @@ def train(
     from distgan.trainer import Trainer
 
     plan = plan_run(config, overrides, resume)
-    result = Trainer(plan.config, plan.data, resume_from=plan.resume_from).fit()
+    try:
+        result = Trainer(plan.config, plan.data, resume_from=plan.resume_from).fit()
+    except KeyboardInterrupt:
+        from distgan.checkpoint import latest_checkpoint
+
+        if _rank() == 0:
+            latest = latest_checkpoint(plan.config.run_dir)
+            typer.echo(f"interrupted; the latest complete checkpoint is {latest or 'none yet'}. Run the same "
+                       "command again to resume from it.", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if _rank() == 0:
         typer.echo(f"done: step {result.step}, run directory {result.run_dir}")
 
@@ -169,11 +195,11 @@ def export(
     atol: Annotated[float, typer.Option(help="Largest accepted |onnxruntime - PyTorch| of the float32 and optimized files.")] = 1e-4,
     opset: Annotated[int, typer.Option(help="ONNX opset version, 13 or newer; default 18, the dynamo exporter's own.")] = 18,
     exporter: Annotated[str, typer.Option(help="auto (dynamo, then TorchScript if dynamo fails), dynamo or torchscript.")] = "auto",
-    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Export G_ema (default) or the raw generator G.")] = True,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", metavar="", help="Export G_ema (default) or the raw generator G.")] = True,
     postprocess: Annotated[str, typer.Option(help="none, or uint8: the graph outputs uint8 pixels in NHWC order (batch, height, width, channels).")] = "none",
-    optimize: Annotated[bool, typer.Option("--optimize", help="Also write NAME.optimized.onnx beside NAME.onnx: faster forms of transposed convolutions, then onnxruntime's offline graph optimization.")] = False,
-    fp16: Annotated[bool, typer.Option("--fp16", help="Also write NAME.fp16.onnx beside NAME.onnx: float16 weights and compute, float32 inputs and outputs.")] = False,
-    int8: Annotated[bool, typer.Option("--int8", help="Also write NAME.int8.onnx beside NAME.onnx: static int8 quantization calibrated on random latents.")] = False,
+    optimize: Annotated[bool, typer.Option("--optimize", metavar="", help="Also write NAME.optimized.onnx beside NAME.onnx: faster forms of transposed convolutions, then onnxruntime's offline graph optimization.")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", metavar="", help="Also write NAME.fp16.onnx beside NAME.onnx: float16 weights and compute, float32 inputs and outputs.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", metavar="", help="Also write NAME.int8.onnx beside NAME.onnx: static int8 quantization calibrated on random latents.")] = False,
     fp16_atol: Annotated[float, typer.Option(help="Largest accepted |fp16 - PyTorch| difference.")] = 2e-2,
     int8_atol: Annotated[float, typer.Option(help="Largest accepted |int8 - PyTorch| difference; the mean must also stay under 0.02.")] = 0.5,
 ) -> None:
@@ -227,6 +253,14 @@ def sample(
 
     if scale < 1:
         raise InputError(f"--scale must be at least 1, got {scale}")
+    if seed < 0:
+        raise InputError(f"--seed must be 0 or more, got {seed}")
+    if columns is not None and columns < 1:
+        raise InputError(f"--columns must be at least 1, got {columns}")
+    if out.is_dir():
+        raise InputError(f"--out {out} is a directory; pass the path of the .png file to write")
+    if out.suffix.lower() not in (".png", ".gif"):
+        raise InputError(f"--out {out} must end in .png (a grid or strip) or .gif (an animated interpolation)")
     if frame_ms < 1:
         raise InputError(f"--frame-ms must be at least 1, got {frame_ms}")
     generator = OnnxGenerator(onnx_file, providers=providers)
@@ -263,7 +297,13 @@ def _read_latents(path: Path) -> Any:
 
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except ValueError as error:
+        if "pickled" in str(error):
+            raise InputError(f"cannot read latents from {path}: it is not a plain .npy array (numpy would need to "
+                             "load pickled data, which distgan never does); save the latents as a float32 array "
+                             "with numpy.save") from None
+        raise InputError(f"cannot read latents from {path}: {error}") from None
+    except OSError as error:
         raise InputError(f"cannot read latents from {path}: {error}") from None
 
 
@@ -280,7 +320,7 @@ def _endpoints(z: Any, path: Path) -> Any:
 @_report_errors
 def bench(
     only: Annotated[Optional[str], typer.Option(help="Comma-separated sections to run: overhead, data, scaling, inference; default: all.")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes, to check that every benchmark runs; the figures mean nothing.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", metavar="", help="Tiny sizes, to check that every benchmark runs; the figures mean nothing.")] = False,
     out: Annotated[Path, typer.Option(help="JSON file to write with the results of every section.")] = Path("bench.json"),
     scripts: Annotated[Optional[Path], typer.Option(help="Folder of the benchmark scripts; default: ./benchmarks, else the one in distgan's source tree.")] = None,
 ) -> None:

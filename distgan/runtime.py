@@ -83,8 +83,36 @@ def _read_metadata(session: ort.InferenceSession, path: Path) -> dict[str, Any]:
             record = json.loads(sidecar.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise InputError(f"cannot read the model description {sidecar}: {error}") from None
-        return record["onnx"]["metadata"] if "onnx" in record else record
+        if not isinstance(record, dict):
+            raise InputError(f"{sidecar} is not a distgan model description (expected a JSON object)")
+        described = record.get("onnx", {}).get("metadata", record) if isinstance(record.get("onnx"), dict) else record
+        # Metadata values are strings in the ONNX file; the record keeps numbers and lists.
+        return {key: value if isinstance(value, str) else json.dumps(value) for key, value in described.items()}
     return raw
+
+
+def _parse_metadata(metadata: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Parse and check the fields that sampling needs; raise InputError naming a missing or invalid one."""
+    def field(name: str, parse: Any, default: str | None = None) -> Any:
+        text = metadata.get(name, default)
+        if text is None:
+            raise InputError(f"{path}: the metadata lacks '{name}'; export the file with distgan export")
+        try:
+            return parse(text)
+        except (TypeError, ValueError) as error:
+            raise InputError(f"{path}: the metadata field '{name}' = {text!r} is invalid ({error})") from None
+
+    fields = {
+        "z_dim": field("z_dim", int),
+        "num_classes": field("num_classes", int, "0"),
+        "class_names": field("class_names", json.loads, "[]"),
+        "sample_shape": field("sample_shape", lambda text: [int(size) for size in json.loads(text)]),
+        "value_range": field("value_range", json.loads, "null"),
+    }
+    if fields["z_dim"] < 1 or fields["num_classes"] < 0 or not fields["sample_shape"]:
+        raise InputError(f"{path}: the metadata has z_dim {fields['z_dim']}, num_classes {fields['num_classes']} "
+                         f"and sample_shape {fields['sample_shape']}, which no generator has")
+    return fields
 
 
 def slerp(start: np.ndarray, end: np.ndarray, steps: int) -> np.ndarray:
@@ -123,11 +151,12 @@ class OnnxGenerator:
         metadata = _read_metadata(self.session, self.path)
         self.metadata = metadata
         self.kind = metadata.get("kind", "image")
-        self.z_dim = int(metadata["z_dim"])
-        self.num_classes = int(metadata.get("num_classes", "0"))
-        self.class_names = json.loads(metadata.get("class_names", "[]"))
-        self.sample_shape = [int(size) for size in json.loads(metadata["sample_shape"])]
-        self.value_range = json.loads(metadata.get("value_range", "null"))
+        fields = _parse_metadata(metadata, self.path)
+        self.z_dim = fields["z_dim"]
+        self.num_classes = fields["num_classes"]
+        self.class_names = fields["class_names"]
+        self.sample_shape = fields["sample_shape"]
+        self.value_range = fields["value_range"]
         self.layout = metadata.get("layout", "NCHW" if self.kind == "image" else "N2")
         self.dtype = metadata.get("dtype", "float32")
         self.input_names = [entry.name for entry in self.session.get_inputs()]
@@ -140,6 +169,12 @@ class OnnxGenerator:
         if z_input.shape[1] != self.z_dim:
             raise InputError(f"{self.path}: the metadata sets z_dim {self.z_dim} but the input '{z_input.name}' has "
                              f"shape {z_input.shape}; the file and its metadata do not belong together")
+        output = self.session.get_outputs()[0]
+        fixed = [size for size in output.shape[1:]]
+        if len(fixed) != len(self.sample_shape) or any(
+                isinstance(size, int) and size != expected for size, expected in zip(fixed, self.sample_shape)):
+            raise InputError(f"{self.path}: the metadata sets sample_shape {self.sample_shape} but the output "
+                             f"'{output.name}' has shape {output.shape}; the file and its metadata do not belong together")
         expected_inputs = 2 if self.num_classes else 1
         if len(self.input_names) != expected_inputs:
             raise InputError(f"{self.path}: the metadata sets num_classes {self.num_classes} but the graph has "

@@ -56,9 +56,12 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            step = json.loads(line).get("step")
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a row cut short by a crash
-        if step is None or step <= last_step:
+        if not isinstance(row, dict):
+            continue  # not a row this tracker wrote
+        step = row.get("step")
+        if not isinstance(step, int) or step <= last_step:
             kept.append(line)
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

@@ -97,7 +97,7 @@ def test_gpu_check_cpu_mode_without_training(tmp_path: Path):
     report = json.loads((tmp_path / "check.json").read_text())
     assert report["passed"]
     assert set(report["sections"]) == {"sync", "overflow", "overhead", "inference"}
-    assert report["sections"]["overflow"]["skipped"] == "Accelerate uses no GradScaler for fp16 on cpu"
+    assert report["sections"]["overflow"]["skipped"] == "fp16 with a GradScaler needs a CUDA device"
     assert [row["pair"] for row in report["sections"]["overhead"]["rows"]] == ["dcgan"]
 
 

@@ -183,3 +183,63 @@ def test_sample_label_and_interpolation_errors(exported_onnx: Path, tmp_path: Pa
 def test_export_invalid_options(mnist_run: Path, tmp_path: Path, args: list[str], fragment: str):
     assert_user_error(run_distgan("export", str(mnist_run), "--out", "g.onnx", *args, cwd=tmp_path), fragment)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--seed", "-1"], "--seed must be 0 or more, got -1"),
+    (["--columns", "0"], "--columns must be at least 1, got 0"),
+    (["--out", "grid.txt"], "must end in .png (a grid or strip) or .gif"),
+    (["--out", "."], "--out . is a directory"),
+])
+def test_sample_invalid_output_options(exported_onnx: Path, tmp_path: Path, args: list[str], fragment: str):
+    assert_user_error(run_distgan("sample", str(exported_onnx), *args, cwd=tmp_path), fragment)
+
+
+def test_export_into_directory_is_rejected(mnist_run: Path, tmp_path: Path):
+    (tmp_path / "folder").mkdir()
+    assert_user_error(run_distgan("export", str(mnist_run), "--out", "folder", cwd=tmp_path),
+                      "--out folder is a directory; pass the path of the ONNX file to write")
+
+
+def test_sample_metadata_that_contradicts_the_graph(exported_onnx: Path, tmp_path: Path):
+    import onnx
+
+    for name, change, fragment in (
+        ("zdim.onnx", {"z_dim": "four"}, "the metadata field 'z_dim' = 'four' is invalid"),
+        ("shape.onnx", {"sample_shape": "[3, 32, 32]"}, "the metadata sets sample_shape [3, 32, 32] but the output"),
+    ):
+        model = onnx.load(str(exported_onnx))
+        for entry in model.metadata_props:
+            if entry.key in change:
+                entry.value = change[entry.key]
+        onnx.save(model, str(tmp_path / name))
+        assert_user_error(run_distgan("sample", name, cwd=tmp_path), fragment)
+
+
+def test_commands_without_torch_say_what_is_missing(tmp_path: Path):
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['torch'] = None; sys.argv = ['distgan', 'train', '--steps', '1']; " \
+           "from distgan.cli import main; main()"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert_user_error(result, "distgan train needs torch, which is not installed")
+
+
+def test_interrupted_training_names_the_checkpoint(tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "distgan", "train", "--data", "ring8", "--steps", "100000",
+                                "--checkpoint-every", "5", "--out", "run"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "run" / "checkpoints").glob("step-*")) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "interrupted; the latest complete checkpoint is run/checkpoints/step-" in stderr
+    assert "Run the same command again to resume from it." in stderr

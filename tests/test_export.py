@@ -39,7 +39,7 @@ def test_exported_file_contract(exported_onnx: Path, mnist_run: Path):
     assert json.loads(metadata["value_range"]) == [-1.0, 1.0]
     assert metadata["layout"] == "NCHW"
     assert metadata["step"] == "6"
-    assert metadata["weights"] == "generator"  # the run's generator/ folder, which contains G_ema
+    assert metadata["weights"] == "G_ema"  # the run's generator/ folder contains G_ema by default
     assert metadata["distgan_version"].startswith("0.")
 
     session = ort.InferenceSession(str(exported_onnx), providers=["CPUExecutionProvider"])
@@ -216,3 +216,10 @@ def test_slerp_keeps_endpoints_and_norm():
     # Between two latents of similar norm the spherical path keeps that norm; a straight line dips by ~30%.
     assert norms.min() > 0.9 * min(norms[0], norms[-1])
     assert np.allclose(slerp(start, start, 3), start, atol=1e-5)
+
+
+def test_exported_images_stay_within_value_range(exported_onnx: Path):
+    session = ort.InferenceSession(str(exported_onnx), providers=["CPUExecutionProvider"])
+    z = np.random.default_rng(3).standard_normal((512, 64), dtype=np.float32) * 3  # large latents push tanh to +-1
+    images = session.run(None, {"z": z})[0]
+    assert images.min() >= -1.0 and images.max() <= 1.0

@@ -69,15 +69,12 @@ class PackReport:
 
 
 def is_packed(path: str | Path) -> bool:
-    """Return whether `path` is a directory written by pack_folder (its index.json names the format)."""
-    index = Path(path) / INDEX_FILE
-    if not index.is_file():
-        return False
-    try:
-        record = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(record, dict) and record.get("format") == PACKED_FORMAT
+    """Return whether `path` looks like a directory written by pack_folder: an index.json beside pixels.npy.
+
+    A damaged index still counts, so that open_packed() reports the damage
+    instead of the folder being searched for images.
+    """
+    return (Path(path) / INDEX_FILE).is_file() and (Path(path) / PIXELS_FILE).is_file()
 
 
 def _decode_task(task: tuple[Path, int, int]) -> tuple[np.ndarray | None, str]:
@@ -192,10 +189,23 @@ def _read_index(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DataError(f"cannot read the index of the packed data set {path}: {error}; "
                         "run distgan prepare again") from None
+    if not isinstance(record, dict) or record.get("format") != PACKED_FORMAT:
+        raise DataError(f"{path / INDEX_FILE} is not the index of a packed data set; run distgan prepare again")
     version = record.get("format_version")
     if version != PACKED_FORMAT_VERSION:
         raise DataError(f"the packed data set {path} has format version {version}, but this distgan reads version "
                         f"{PACKED_FORMAT_VERSION}; run distgan prepare again")
+    shape = record.get("sample_shape")
+    valid = {
+        "count": isinstance(record.get("count"), int) and record["count"] >= 1,
+        "sample_shape": isinstance(shape, list) and len(shape) == 3 and all(isinstance(n, int) and n >= 1 for n in shape),
+        "class_names": isinstance(record.get("class_names"), list),
+        "sha256": isinstance(record.get("sha256"), str),
+    }
+    broken = [name for name, ok in valid.items() if not ok]
+    if broken:
+        raise DataError(f"the index of the packed data set {path} has missing or invalid fields: {', '.join(broken)}; "
+                        "run distgan prepare again")
     return record
 
 

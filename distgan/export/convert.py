@@ -35,16 +35,24 @@ def to_uint8_nhwc(images: torch.Tensor) -> torch.Tensor:
 
 
 class ExportModule(nn.Module):
-    """The module that is exported: G(z), then the optional uint8 NHWC conversion."""
+    """The module that is exported: G(z), clipped to its value range, then the optional uint8 NHWC conversion.
 
-    def __init__(self, generator: nn.Module, postprocess: str = "none") -> None:
+    The clip keeps the contract exact: a tanh computed by onnxruntime can land
+    a rounding error outside [-1, 1] (-1.0000002 was seen with onnxruntime 1.31).
+    """
+
+    def __init__(self, generator: nn.Module, postprocess: str = "none",
+                 value_range: tuple[float, float] | None = None) -> None:
         super().__init__()
         self.generator = generator
         self.postprocess = postprocess
+        self.value_range = tuple(value_range) if value_range is not None else None
 
     def finish(self, samples: torch.Tensor) -> torch.Tensor:
         if samples.dtype != torch.float32:  # checked here, so float32 graphs get no Cast node
             samples = samples.float()
+        if self.value_range is not None:
+            samples = samples.clamp(self.value_range[0], self.value_range[1])
         return to_uint8_nhwc(samples) if self.postprocess == "uint8" else samples
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -58,10 +66,11 @@ class ConditionalExportModule(ExportModule):
         return self.finish(self.generator(z, label))
 
 
-def wrap_generator(generator: nn.Module, classes: int, postprocess: str) -> ExportModule:
+def wrap_generator(generator: nn.Module, classes: int, postprocess: str,
+                   value_range: tuple[float, float] | None = None) -> ExportModule:
     """Return the eval-mode module whose forward() has the inputs and output of the ONNX contract."""
     wrapper = ConditionalExportModule if classes else ExportModule
-    return wrapper(generator, postprocess).eval()
+    return wrapper(generator, postprocess, value_range).eval()
 
 
 @contextlib.contextmanager

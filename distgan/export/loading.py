@@ -11,8 +11,9 @@ from distgan.checkpoint import (
     GENERATOR,
     GENERATOR_RECORD,
     GENERATOR_WEIGHTS,
+    check_checkpoint,
     latest_checkpoint,
-    read_json,
+    read_generator_record,
     read_safetensors,
 )
 from distgan.errors import CheckpointError
@@ -26,6 +27,7 @@ def _resolve_weights(source: Path, raw: bool) -> tuple[Path, Path]:
     if source.is_file():
         raise CheckpointError(f"{source} is a file; pass the run directory that contains generator/ instead")
     if (source / "trainer.json").is_file():  # a checkpoint directory
+        check_checkpoint(source)
         checkpoint = source
     elif raw:
         checkpoint = latest_checkpoint(source)
@@ -55,19 +57,24 @@ def load_generator(source: str | Path, raw: bool = False, module: nn.Module | No
     "weights" set to the file that was read. Raises CheckpointError.
     """
     weights, record_path = _resolve_weights(Path(source), raw)
-    record = read_json(record_path)
-    architecture = record.get("architecture", {})
+    record = read_generator_record(record_path)
+    architecture = record["architecture"]
     if module is None:
-        if architecture.get("model") not in ARCHITECTURES:
+        if architecture["model"] not in ARCHITECTURES:
             raise CheckpointError(
                 f"the generator in {record_path} is a custom module ({architecture.get('class', 'unknown class')}) "
                 "and cannot be rebuilt from JSON; pass the module: load_generator(source, module=MyGenerator(...))"
             )
-        module = build_generator(architecture)
+        try:
+            module = build_generator(architecture)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"the architecture in {record_path} is invalid: {error}") from None
     state = read_safetensors(weights)
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
         raise CheckpointError(f"weights in {weights} do not fit the generator: {error}") from None
-    record = {**record, "weights": weights.stem}
+    # The run's generator/ folder holds one file; which weights it is (G or G_ema) is in the record.
+    name = record.get("weights", weights.stem) if weights.name == GENERATOR_WEIGHTS else weights.stem
+    record = {**record, "weights": name}
     return module.eval(), record

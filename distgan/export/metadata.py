@@ -10,6 +10,7 @@ the training step.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -96,5 +97,7 @@ def write_sidecar(onnx_path: Path, record: dict[str, Any], metadata: dict[str, s
     sidecar = {**record, "onnx": {"file": onnx_path.name, "opset": opset, "exporter": exporter,
                                   "metadata": metadata}}
     path = sidecar_path(onnx_path)
-    path.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    temporary = path.with_name(f".tmp-{path.name}")
+    temporary.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)  # a reader sees the old description or the new one, never half of one
     return path

@@ -183,12 +183,15 @@ def export_generator(generator: nn.Module, record: dict[str, Any], out: str | Pa
     options = options or ExportOptions()
     _check_options(options, record)
     out = Path(out)
+    if out.is_dir():
+        raise ExportError(f"--out {out} is a directory; pass the path of the ONNX file to write, "
+                          f"such as {out / 'generator.onnx'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     generator = generator.eval().cpu()
     z_dim, classes = int(record["z_dim"]), num_classes(record)
     check_generator(generator, z_dim, classes, list(record["sample_shape"]))
 
-    module = wrap_generator(generator, classes, options.postprocess)
+    module = wrap_generator(generator, classes, options.postprocess, record.get("value_range"))
     reference = Reference(module, z_dim, classes, options.batch_sizes)
     output = output_name(record)
     input_names = [Z_INPUT, LABEL_INPUT] if classes else [Z_INPUT]
