@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from distgan.augment import parse_policy
 from distgan.errors import ConfigError
 
 BUILTIN_DATASETS = ("mnist", "ring8", "grid25")
@@ -47,9 +48,12 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_accum: int = 1
     sync_bn: bool = False
-    r1_gamma: float = 0.0
+    r1_gamma: float | None = None  # None: the default of the loss and data kind (see losses.default_r1_gamma)
     r1_every: int = 16
     gp_weight: float = 10.0
+    spectral_norm: bool = False
+    augment: str = ""  # comma-separated DiffAugment transforms: color, translation, cutout
+    conditional: bool = False
     max_skipped_steps: int = 20
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -176,7 +180,9 @@ def validate(config: TrainConfig) -> None:
     _require(config.channels in (None, 1, 3), f"channels must be 1 or 3, got {config.channels}")
     for key in ("r1_gamma", "gp_weight"):
         value = getattr(config, key)
-        _require(math.isfinite(value) and value >= 0, f"{key} must be 0 (off) or a positive weight, got {value}")
+        _require(value is None or (math.isfinite(value) and value >= 0),
+                 f"{key} must be 0 (off) or a positive weight, got {value}")
+    parse_policy(config.augment)
     for key in ("lr_g", "lr_d"):
         value = getattr(config, key)
         _require(math.isfinite(value) and value > 0, f"{key} must be a positive learning rate, got {value}")

@@ -27,3 +27,7 @@ class InputError(DistganError):
 
 class TrainingError(DistganError):
     """A run that cannot continue, such as one whose losses stay non-finite."""
+
+
+class EvaluationError(DistganError):
+    """An evaluation that cannot run: an unknown data set, a missing feature extractor or its weights."""

@@ -14,7 +14,8 @@ from distgan.checkpoint import latest_checkpoint, list_checkpoints
 from distgan.config import TrainConfig, build_config, load_saved, load_toml, resumed_config
 from distgan.data import DataSet, open_data
 from distgan.data.mixtures import MIXTURES
-from distgan.errors import CheckpointError
+from distgan.errors import CheckpointError, ConfigError
+from distgan.losses import default_r1_gamma
 from distgan.models import DEFAULT_WIDTH, default_model
 
 CONFIG_FILE = "config.toml"
@@ -37,8 +38,24 @@ def default_name(data: str) -> str:
     return Path(data).resolve().name or "images"
 
 
+def check_data_options(config: TrainConfig, data: DataSet) -> None:
+    """Raise ConfigError for --augment on 2D points or --conditional on a data set without classes."""
+    if config.augment and data.kind != "image":
+        raise ConfigError(f"augment transforms apply to images, but '{data.name}' has 2D points; remove --augment")
+    if config.conditional and len(data.class_names) < 2:
+        raise ConfigError(
+            f"--conditional needs labelled data with at least 2 classes, but '{data.name}' has "
+            f"{len(data.class_names)}; use mnist, or an image folder (or packed data set) whose top-level "
+            "subfolders name the classes"
+        )
+
+
 def resolve_config(config: TrainConfig, data: DataSet) -> TrainConfig:
-    """Fill every option left as None from the data set and the model defaults."""
+    """Fill every option left as None from the data set, the model and the loss defaults.
+
+    Raises ConfigError for options that do not apply to the data set.
+    """
+    check_data_options(config, data)
     model = default_model(data.kind) if config.model == "auto" else config.model
     image = data.kind == "image"
     name = config.name or data.name
@@ -50,6 +67,7 @@ def resolve_config(config: TrainConfig, data: DataSet) -> TrainConfig:
         channels=data.sample_shape[0] if image else None,
         z_dim=config.z_dim or DEFAULT_Z_DIM[data.kind],
         width=config.width or DEFAULT_WIDTH[model],
+        r1_gamma=default_r1_gamma(config.loss, data.kind) if config.r1_gamma is None else config.r1_gamma,
     )
 
 
