@@ -42,8 +42,8 @@ class TrainConfig:
     channels: int | None = None
     z_dim: int | None = None
     width: int | None = None
-    batch_size: int = 64
-    steps: int = 3000
+    batch_size: int | None = None  # None: the default of the data kind (see run.KIND_DEFAULTS)
+    steps: int | None = None
     ema: bool = True
     ema_decay: float = 0.999
     grad_accum: int = 1
@@ -55,8 +55,8 @@ class TrainConfig:
     augment: str = ""  # comma-separated DiffAugment transforms: color, translation, cutout
     conditional: bool = False
     max_skipped_steps: int = 20
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
+    lr_g: float | None = None
+    lr_d: float | None = None
     beta1: float = 0.5
     beta2: float = 0.999
     loss: str = "logistic"
@@ -171,7 +171,8 @@ def validate(config: TrainConfig) -> None:
         f"invalid mixed_precision '{config.mixed_precision}'; choose one of {', '.join(MIXED_PRECISION)}",
     )
     for key in ("batch_size", "steps", "log_every", "grad_accum", "r1_every"):
-        _require(getattr(config, key) >= 1, f"{key} must be at least 1, got {getattr(config, key)}")
+        value = getattr(config, key)
+        _require(value is None or value >= 1, f"{key} must be at least 1, got {value}")
     for key in ("sample_every", "checkpoint_every", "num_workers", "max_skipped_steps"):
         _require(getattr(config, key) >= 0, f"{key} must be 0 (off) or more, got {getattr(config, key)}")
     for key in ("resolution", "channels", "z_dim", "width"):
@@ -185,7 +186,8 @@ def validate(config: TrainConfig) -> None:
     parse_policy(config.augment)
     for key in ("lr_g", "lr_d"):
         value = getattr(config, key)
-        _require(math.isfinite(value) and value > 0, f"{key} must be a positive learning rate, got {value}")
+        _require(value is None or (math.isfinite(value) and value > 0),
+                 f"{key} must be a positive learning rate, got {value}")
     for key in ("beta1", "beta2", "ema_decay"):
         value = getattr(config, key)
         _require(0.0 <= value < 1.0, f"{key} must be in [0, 1), got {value}")

@@ -68,7 +68,7 @@ LOSSES = {
 # BENCHMARKS.md. The WGAN-GP critic has its own gradient penalty.
 DEFAULT_R1_GAMMA = {
     ("logistic", "image"): 0.0,
-    ("logistic", "points"): 0.0,
+    ("logistic", "points"): 0.1,
     ("hinge", "image"): 0.0,
     ("hinge", "points"): 0.0,
     ("lsgan", "image"): 0.0,

@@ -20,6 +20,12 @@ from distgan.models import DEFAULT_WIDTH, default_model
 
 CONFIG_FILE = "config.toml"
 DEFAULT_Z_DIM = {"image": 64, "points": 8}
+# Options left unset take these values per data kind. The 2D mixtures need more steps, larger batches
+# and faster learning rates than images to cover their modes; BENCHMARKS.md has the measurements.
+KIND_DEFAULTS: dict[str, dict[str, int | float]] = {
+    "image": {"batch_size": 64, "steps": 3000, "lr_g": 2e-4, "lr_d": 2e-4},
+    "points": {"batch_size": 256, "steps": 20000, "lr_g": 5e-4, "lr_d": 5e-4},
+}
 
 
 @dataclass
@@ -68,6 +74,7 @@ def resolve_config(config: TrainConfig, data: DataSet) -> TrainConfig:
         z_dim=config.z_dim or DEFAULT_Z_DIM[data.kind],
         width=config.width or DEFAULT_WIDTH[model],
         r1_gamma=default_r1_gamma(config.loss, data.kind) if config.r1_gamma is None else config.r1_gamma,
+        **{key: value for key, value in KIND_DEFAULTS[data.kind].items() if getattr(config, key) is None},
     )
 
 

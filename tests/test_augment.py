@@ -22,8 +22,10 @@ def test_translate_moves_pixels_and_fills_zeros():
 def test_cut_out_zeros_square_clipped_at_border():
     images = torch.ones(2, 3, 6, 6)
     cut = cut_out(images, torch.tensor([[0, 3], [3, 3]]), side=3)
-    assert cut[0, :, 0:2, 2:5].eq(0).all() and cut[0].sum() == 3 * (36 - 6)  # 2 rows x 3 columns inside
-    assert cut[1, :, 2:5, 2:5].eq(0).all() and cut[1].sum() == 3 * (36 - 9)
+    assert cut[0, :, 0:2, 2:5].eq(0).all()
+    assert cut[0].sum() == 3 * (36 - 6)  # 2 rows x 3 columns inside
+    assert cut[1, :, 2:5, 2:5].eq(0).all()
+    assert cut[1].sum() == 3 * (36 - 9)
 
 
 def test_color_identity_and_brightness():
@@ -45,7 +47,8 @@ def test_augment_is_differentiable():
     # Pixels that a cutout alone zeroed receive no gradient.
     plain = torch.ones(1, 1, 6, 6, requires_grad=True)
     cut_out(plain, torch.tensor([[3, 3]]), side=2).sum().backward()
-    assert plain.grad.sum() == 36 - 4 and plain.grad[0, 0, 2:4, 2:4].eq(0).all()
+    assert plain.grad.sum() == 36 - 4
+    assert plain.grad[0, 0, 2:4, 2:4].eq(0).all()
 
 
 def test_draws_follow_seed_and_step_not_rank():
@@ -53,7 +56,8 @@ def test_draws_follow_seed_and_step_not_rank():
     device = torch.device("cpu")
     full = augment.draw(3, "augment_fake_G", 7, 8, device)
     again = augment.draw(3, "augment_fake_G", 7, 8, device)
-    assert torch.equal(full.shift, again.shift) and torch.equal(full.brightness, again.brightness)
+    assert torch.equal(full.shift, again.shift)
+    assert torch.equal(full.brightness, again.brightness)
     assert not torch.equal(full.cutout, augment.draw(3, "augment_fake_G", 8, 8, device).cutout)
     assert not torch.equal(full.brightness, augment.draw(3, "augment_real", 7, 8, device).brightness)
     # Two ranks' rows of a step with 2 micro-batches put back together give the full draw.
@@ -62,7 +66,8 @@ def test_draws_follow_seed_and_step_not_rank():
         joined = torch.cat([rank_parts[0][micro].shift, rank_parts[1][micro].shift])
         assert torch.equal(joined, full.shift[micro * 4 : micro * 4 + 4])
     assert full.shift.abs().max() <= 2  # 1/8 of 16 pixels
-    assert full.saturation.min() >= 0 and full.saturation.max() < 2
+    assert full.saturation.min() >= 0
+    assert full.saturation.max() < 2
 
 
 def test_policy_parsing():

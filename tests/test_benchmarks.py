@@ -127,3 +127,14 @@ def test_bench_errors(tmp_path: Path):
                       "invalid benchmark section speed; choose from overhead, data, scaling, inference")
     assert_user_error(run_distgan("bench", "--scripts", "absent", cwd=tmp_path),
                       "benchmark scripts not found in absent")
+
+
+def test_quality_script(tmp_path: Path):
+    report = run_script("quality", cwd=tmp_path)
+    (row,) = report["rows"]
+    assert row["data"] == "grid25"
+    assert row["steps"] == 20
+    assert positive(row["steps/s"])
+    assert row["modes"].endswith("/25")
+    assert 0.0 <= row["high quality %"] <= 100.0
+    assert row["meets target"] is False  # 20 steps cover no mode well

@@ -27,7 +27,7 @@ def test_mixture_metrics_of_true_samples():
     points, centers, std = _mixture_points("grid25", 10_000)
     metrics = mixture_metrics(points, centers, std)
     assert metrics.modes_covered == 25
-    assert 98.5 < metrics.high_quality_percent < 99.3  # a radius of 3 std in 2D holds 98.9 % of a Gaussian's mass
+    assert 98.5 < metrics.high_quality_percent < 99.3  # a radius of 3 std in 2D contains 98.9 % of a Gaussian's mass
     assert metrics.reverse_kl < 0.01
     assert sum(metrics.mode_counts) == round(metrics.high_quality_percent * 100)
 
@@ -45,11 +45,12 @@ def test_mixture_metrics_of_collapsed_and_spread_samples():
     half = np.concatenate([np.repeat(centers[:2], 250, axis=0), far])
     metrics = mixture_metrics(half, centers, std)
     assert metrics.high_quality_percent == 50.0
-    assert metrics.mode_counts[:2] == [250, 250] and sum(metrics.mode_counts) == 500
+    assert metrics.mode_counts[:2] == [250, 250]
+    assert sum(metrics.mode_counts) == 500
     assert metrics.modes_covered == 2  # 250 >= 1000 / 8 / 5
 
 
-def test_mixture_coverage_threshold_is_a_fifth_of_the_share():
+def test_mixture_coverage_threshold():
     _, centers, std = _mixture_points("ring8", 1)
     # 800 points: 100 expected per mode, so a mode needs 20 high-quality points.
     points = np.concatenate([np.repeat(centers[:1], 780, axis=0), np.repeat(centers[1:2], 19, axis=0),
@@ -59,7 +60,7 @@ def test_mixture_coverage_threshold_is_a_fifth_of_the_share():
     assert mixture_metrics(points, centers, std).modes_covered == 2
 
 
-def test_mixture_metrics_count_non_finite_points_as_low_quality():
+def test_mixture_metrics_non_finite_points():
     _, centers, std = _mixture_points("ring8", 1)
     points = np.concatenate([np.repeat(centers, 10, axis=0), np.full((20, 2), np.nan)])
     assert mixture_metrics(points, centers, std).high_quality_percent == 80.0
@@ -118,7 +119,8 @@ def test_class_histogram_kl():
 def test_classifier_weights_record_accuracy():
     _, metadata = load_classifier()
     record = json.loads(metadata["distgan.classifier"])
-    assert record["heldout"] == 1000 and record["train"] == 4000
+    assert record["heldout"] == 1000
+    assert record["train"] == 4000
     assert record["heldout_accuracy"] >= 0.97
 
 
@@ -128,7 +130,8 @@ def test_digit_metrics_of_real_digits_reach_the_floor():
     features, probabilities = classify(classifier, pixels_to_float(torch.from_numpy(pixels)).numpy())
     assert (probabilities.argmax(1) == labels).mean() > 0.98  # training digits included
     half_a, half_b = real_halves(len(pixels))
-    assert len(np.intersect1d(half_a, half_b)) == 0 and len(half_a) + len(half_b) == len(pixels)
+    assert len(np.intersect1d(half_a, half_b)) == 0
+    assert len(half_a) + len(half_b) == len(pixels)
 
     # Real half A measured as if generated: the distance equals the floor, every class is covered.
     metrics = digit_metrics(features[half_a], probabilities[half_a], features[half_a], features[half_b],

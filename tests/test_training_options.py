@@ -63,7 +63,8 @@ def test_loss_values_on_known_logits():
     assert lsgan.d_loss(torch.ones(2), torch.zeros(2)).item() == 0.0
     assert lsgan.g_loss(torch.zeros(2)).item() == pytest.approx(0.5)
     wgan = get_loss("wgan-gp")
-    assert wgan.d_loss(real, fake).item() == pytest.approx(-2.0) and wgan.gradient_penalty
+    assert wgan.d_loss(real, fake).item() == pytest.approx(-2.0)
+    assert wgan.gradient_penalty
 
 
 def test_r1_penalty_is_logged_on_its_steps(tmp_path: Path):
@@ -100,7 +101,7 @@ def test_augmentation_changes_training(tmp_path: Path):
     _, augmented = train(tmp_path / "augmented", model="dense", augment="color,translation,cutout")
     assert_trained(tmp_path / "augmented", augmented)
     assert 'augment = "color,translation,cutout"' in (tmp_path / "augmented" / "config.toml").read_text()
-    # The real images D sees differ, so the logits of the first logged step differ too.
+    # D receives other real images, so the logits of the first logged step differ too.
     assert plain[0]["Logits/real"] != pytest.approx(augmented[0]["Logits/real"], abs=1e-6)
 
 

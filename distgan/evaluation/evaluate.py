@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -56,7 +56,7 @@ class EvaluationRequest:
 
 @dataclass
 class EvaluationResult:
-    """What an evaluation measured and the files it wrote (main process only)."""
+    """The measurements of an evaluation and the files it wrote (main process only)."""
 
     result: dict[str, Any]
     table: str
@@ -131,17 +131,23 @@ def _real_images(data: str, info: GeneratorInfo, count: int, rows: range) -> np.
     return np.stack([decode_file(dataset.folder.files[index], channels, resolution) for index in chosen])
 
 
-def _inception(context: EvalContext, request: EvaluationRequest, info: GeneratorInfo,
-               images: np.ndarray) -> dict[str, Any]:
-    from distgan.evaluation.frechet import features_frechet_distance, kernel_distance
-    from distgan.evaluation.inception import find_weights, load_extractor, to_uint8_rgb
+def _inception_extractor(context: EvalContext, request: EvaluationRequest,
+                         info: GeneratorInfo) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """Return the real data and the Inception feature function, or raise before any sample is generated."""
+    from distgan.evaluation.inception import find_weights, load_extractor
 
     data = request.data or info.data_path
     if not data:
         raise EvaluationError("FID and KID compare with the real data, which this generator does not name; "
                               "pass --data PATH (the folder or packed data set it was trained on)")
-    weights = find_weights(request.inception_weights)
-    extract = load_extractor(weights, context.device)
+    return data, load_extractor(find_weights(request.inception_weights), context.device)
+
+
+def _inception(context: EvalContext, request: EvaluationRequest, info: GeneratorInfo, images: np.ndarray,
+               data: str, extract: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+    from distgan.data import open_data
+    from distgan.evaluation.frechet import features_frechet_distance, kernel_distance
+    from distgan.evaluation.inception import to_uint8_rgb
 
     def features_of(uint8_images: np.ndarray) -> np.ndarray:
         parts = [extract(uint8_images[start : start + request.batch_size])
@@ -149,8 +155,6 @@ def _inception(context: EvalContext, request: EvaluationRequest, info: Generator
         return np.concatenate(parts) if parts else np.zeros((0, 2048), np.float32)
 
     generated = context.gather(features_of(to_uint8_rgb(images)))
-    from distgan.data import open_data
-
     size = open_data(data, info.sample_shape[1], info.sample_shape[0]).size or 0
     count = min(size, request.samples)
     real_rows = context.shard(count)
@@ -182,6 +186,10 @@ def run_evaluation(request: EvaluationRequest, context: EvalContext) -> Evaluati
     info = sampler.info
     tag = _tag(request, info)
     out_dir = request.out or sampler.output_dir / EVALUATION_DIR
+    fid = info.kind == "image" and (request.fid if request.fid is not None else info.data != "mnist")
+    if request.fid and info.kind != "image":
+        raise EvaluationError("FID and KID apply to images, but this generator makes 2D points; remove --fid")
+    inception = _inception_extractor(context, request, info) if fid else None
     z = latents(request.samples, info.z_dim, request.seed)
     labels = balanced_labels(request.samples, info.num_classes)
     local = generate(sampler, context.shard(request.samples), z, labels, request.batch_size)
@@ -198,9 +206,8 @@ def run_evaluation(request: EvaluationRequest, context: EvalContext) -> Evaluati
             _grid(sampler, info, z, picture)
         if info.data == "mnist":
             metrics["digits"] = _digits(context, local, labels, request.batch_size)
-        fid = request.fid if request.fid is not None else info.data != "mnist"
-        if fid:
-            metrics["inception"] = _inception(context, request, info, local)
+        if inception is not None:
+            metrics["inception"] = _inception(context, request, info, local, *inception)
     if not context.is_main_process:
         return None
 

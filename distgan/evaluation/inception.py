@@ -51,7 +51,7 @@ def find_weights(explicit: Path | None = None) -> Path:
         f"FID and KID need the Inception-v3 weights of torch-fidelity, but the file from {origin} was not found: "
         f"{path}. distgan does not download them. On a machine with internet access, download {WEIGHTS_URL} "
         f"(about 91 MB) and pass it with --inception-weights PATH, set {WEIGHTS_VARIABLE}=PATH, or put it at "
-        f"{hub_weights_path()}."
+        f"{hub_weights_path()}. To evaluate without FID and KID, pass --no-fid."
     )
 
 
@@ -72,7 +72,8 @@ def load_extractor(weights: Path, device: str = "cpu") -> Callable[[np.ndarray],
     except Exception as error:  # ImportError, or a torchvision built for another torch failing at import
         raise EvaluationError(
             f"FID and KID need torch-fidelity, which could not be imported ({type(error).__name__}: {error}). "
-            "Install it with pip install 'distgan[fid]', with a torchvision built for your torch."
+            "Install it with pip install 'distgan[fid]', with a torchvision built for your torch, "
+            "or pass --no-fid."
         ) from None
     # NOTE: torch-fidelity 0.4 loads its weights with torch.load(weights_only=False). It reads a copy that
     # distgan wrote from the tensors loaded safely above, never the user's file itself.

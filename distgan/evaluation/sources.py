@@ -18,7 +18,7 @@ from distgan.errors import EvaluationError
 
 @dataclass
 class GeneratorInfo:
-    """What evaluation needs to know about a generator, from its record or ONNX metadata."""
+    """The facts about a generator that evaluation uses, from its record or ONNX metadata."""
 
     kind: str  # "image" or "points"
     data: str  # the data set it was trained on: mnist, ring8, grid25 or a folder name
@@ -66,7 +66,7 @@ class TorchSampler:
         if run_dir.name == "generator":
             run_dir = run_dir.parent
         weights = str(record.get("weights", ""))
-        if weights == "generator":  # the run's generator/ folder: its record names the model it holds
+        if weights == "generator":  # the run's generator/ folder, whose record names the model it contains
             weights = str(read_json(run_dir / "generator" / "generator.json").get("weights", "G_ema"))
         self.info = GeneratorInfo(
             kind=record["kind"], data=str(record.get("data", "")), z_dim=int(record["z_dim"]),
