@@ -1,4 +1,4 @@
-"""Differentiable augmentation (DiffAugment, Zhao et al., 2020) of the images that D sees.
+"""Differentiable augmentation (DiffAugment, Zhao et al., 2020) of the images that D receives.
 
 The same kinds of transform apply to real and generated images, in the D
 phase and in the G phase, and every transform is differentiable with

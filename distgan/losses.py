@@ -67,7 +67,7 @@ LOSSES = {
 # R1 weight gamma when --r1-gamma is not given, per loss and data kind. The figures behind them are in
 # BENCHMARKS.md. The WGAN-GP critic has its own gradient penalty.
 DEFAULT_R1_GAMMA = {
-    ("logistic", "image"): 0.0,
+    ("logistic", "image"): 0.1,
     ("logistic", "points"): 0.1,
     ("hinge", "image"): 0.0,
     ("hinge", "points"): 0.0,
