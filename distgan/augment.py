@@ -21,27 +21,10 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from distgan.errors import ConfigError
 from distgan.seeding import make_generator
 
-TRANSFORMS = ("color", "translation", "cutout")
 TRANSLATION_RATIO = 0.125  # largest shift as a fraction of the image side
 CUTOUT_RATIO = 0.5  # side of the cut-out square as a fraction of the image side
-
-
-def parse_policy(text: str) -> tuple[str, ...]:
-    """Split a comma-separated list of transforms ("" for none) and check every name.
-
-    Raises ConfigError naming an unknown transform and the valid ones.
-    """
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    for name in names:
-        if name not in TRANSFORMS:
-            raise ConfigError(f"invalid augment transform '{name}'; choose a comma-separated list of "
-                              f"{', '.join(TRANSFORMS)}, or an empty string for none")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"augment lists a transform twice: {text!r}")
-    return names
 
 
 @dataclass

@@ -17,13 +17,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from distgan.augment import parse_policy
 from distgan.errors import ConfigError
 
 BUILTIN_DATASETS = ("mnist", "ring8", "grid25")
 MODEL_NAMES = ("auto", "dense", "dcgan")
 LOSS_NAMES = ("logistic", "hinge", "lsgan", "wgan-gp")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+AUGMENT_TRANSFORMS = ("color", "translation", "cutout")  # the DiffAugment transforms of distgan.augment
 
 # Options that may change when a run resumes; every other key must match the saved run.
 RESUMABLE_KEYS = ("steps", "log_every", "sample_every", "checkpoint_every", "num_workers", "cpu",
@@ -155,6 +155,21 @@ def build_config(file: str | Path | None = None, overrides: dict[str, Any] | Non
     config = TrainConfig(**values)
     validate(config)
     return config
+
+
+def parse_policy(text: str) -> tuple[str, ...]:
+    """Split a comma-separated list of transforms ("" for none) and check every name.
+
+    Raises ConfigError naming an unknown transform and the valid ones.
+    """
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    for name in names:
+        if name not in AUGMENT_TRANSFORMS:
+            raise ConfigError(f"invalid augment transform '{name}'; choose a comma-separated list of "
+                              f"{', '.join(AUGMENT_TRANSFORMS)}, or an empty string for none")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"augment lists a transform twice: {text!r}")
+    return names
 
 
 def _require(condition: bool, message: str) -> None:

@@ -27,9 +27,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from distgan import __version__
-from distgan.augment import DiffAugment, parse_policy
+from distgan.augment import DiffAugment
 from distgan.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
-from distgan.config import TrainConfig, save_toml
+from distgan.config import TrainConfig, parse_policy, save_toml
 from distgan.data import DataSet
 from distgan.data.mixtures import MIXTURES, get_mixture
 from distgan.distributed import check_launch, use_cpu

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from distgan.augment import DiffAugment, color, cut_out, parse_policy, translate
+from distgan.augment import DiffAugment, color, cut_out, translate
+from distgan.config import parse_policy
 from distgan.errors import ConfigError
 from distgan.seeding import local_rows
 
