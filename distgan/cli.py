@@ -100,16 +100,19 @@ def train(
     channels: Annotated[Optional[int], typer.Option(help="1 (grayscale) or 3 (RGB).")] = None,
     z_dim: Annotated[Optional[int], typer.Option(help="Latent size; default 64 for images, 8 for 2D data.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Base layer width of G and D; default 64 (dcgan), 256 (dense).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=f"Global batch size, split evenly over all processes; default {_default('batch_size')}.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help=f"Total training steps (one D and one G update each); default {_default('steps')}.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch size, split evenly over all processes; default 64 for images, 256 for 2D data.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Total training steps (one D and one G update each); default 3,000 for images, 20,000 for 2D data.")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help=f"Micro-batches per optimizer step; each step trains on grad_accum x batch_size samples; default {_default('grad_accum')}.")] = None,
     sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn", metavar="", help="BatchNorm statistics over the global batch of all processes instead of each process's share.")] = None,
-    r1_gamma: Annotated[Optional[float], typer.Option(help=f"Weight gamma of the R1 penalty on real data; 0 turns it off; default {_default('r1_gamma')}.")] = None,
+    r1_gamma: Annotated[Optional[float], typer.Option(help="Weight gamma of the R1 penalty on real data; 0 turns it off; default: per loss and data kind, see the README.")] = None,
     r1_every: Annotated[Optional[int], typer.Option(help=f"Steps between R1 penalties (lazy regularization, weight scaled to match); default {_default('r1_every')}.")] = None,
     gp_weight: Annotated[Optional[float], typer.Option(help=f"Weight of the gradient penalty of --loss wgan-gp; default {_default('gp_weight')}.")] = None,
+    spectral_norm: Annotated[Optional[bool], typer.Option("--spectral-norm/--no-spectral-norm", help=f"Spectral normalization on every layer of D (never on G); default {_default('spectral_norm')}.")] = None,
+    augment: Annotated[Optional[str], typer.Option(help="Differentiable augmentation of the images D sees: a comma-separated list of color, translation, cutout; default: none.")] = None,
+    conditional: Annotated[Optional[bool], typer.Option("--conditional/--no-conditional", help="Condition G and D on the class labels (MNIST digits, or the top-level subfolders of an image folder).")] = None,
     max_skipped_steps: Annotated[Optional[int], typer.Option(help=f"Consecutive steps with non-finite losses after which training stops; 0 never stops; default {_default('max_skipped_steps')}.")] = None,
-    lr_g: Annotated[Optional[float], typer.Option(help=f"Adam learning rate of G; default {_default('lr_g')}.")] = None,
-    lr_d: Annotated[Optional[float], typer.Option(help=f"Adam learning rate of D; default {_default('lr_d')}.")] = None,
+    lr_g: Annotated[Optional[float], typer.Option(help="Adam learning rate of G; default 2e-4 for images, 5e-4 for 2D data.")] = None,
+    lr_d: Annotated[Optional[float], typer.Option(help="Adam learning rate of D; default 2e-4 for images, 5e-4 for 2D data.")] = None,
     beta1: Annotated[Optional[float], typer.Option(help=f"Adam beta1 of both optimizers; default {_default('beta1')}.")] = None,
     beta2: Annotated[Optional[float], typer.Option(help=f"Adam beta2 of both optimizers; default {_default('beta2')}.")] = None,
     loss: Annotated[Optional[str], typer.Option(help=f"logistic (non-saturating), hinge, lsgan or wgan-gp; default {_default('loss')}.")] = None,
@@ -314,6 +317,38 @@ def _endpoints(z: Any, path: Path) -> Any:
         raise InputError(f"--interpolate with --latents needs at least 2 latents in {path}, got shape "
                          f"{list(getattr(z, 'shape', []))}")
     return z[[0, -1]]
+
+
+@app.command()
+@_report_errors
+def evaluate(
+    source: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_ONNX", help="A run directory (or its generator/ folder, or a checkpoint) or an ONNX file written by distgan export.")],
+    n: Annotated[int, typer.Option(help="Number of generated samples to measure.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed of the latents; the same seed measures the same samples.")] = 0,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Evaluate G_ema (default) or the raw generator G of the latest checkpoint; run directories only.")] = True,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the JSON results and the PNG; default: <run>/evaluation.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Real data for FID and KID; default: the data in the run's config.toml.")] = None,
+    fid: Annotated[Optional[bool], typer.Option("--fid/--no-fid", help="Compute FID and KID with Inception-v3 (needs the fid extra and its weights on disk); default: on for image data other than mnist.")] = None,
+    inception_weights: Annotated[Optional[Path], typer.Option(help="torch-fidelity's Inception-v3 weights file (weights-inception-2015-12-05-6726825d.pth).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 500,
+    providers: Annotated[str, typer.Option(help="ONNX files only: auto, cpu or cuda.")] = "auto",
+    cpu: Annotated[bool, typer.Option("--cpu", help="Under accelerate launch: run on the CPU even where a GPU is available.")] = False,
+) -> None:
+    """Measure a generator: mode coverage on 2D mixtures, classifier metrics on MNIST, FID and KID on images."""
+    from distgan.evaluation.context import EvalContext
+    from distgan.evaluation.evaluate import EvaluationRequest, run_evaluation
+
+    request = EvaluationRequest(source=source, samples=n, seed=seed, raw=not ema, out=out, data=data, fid=fid,
+                                inception_weights=inception_weights, providers=providers, batch_size=batch_size,
+                                cpu=cpu)
+    context = EvalContext(cpu)
+    try:
+        report = run_evaluation(request, context)
+    finally:
+        context.close()
+    if report is not None:
+        typer.echo(report.table)
+        typer.echo(f"wrote {report.json_path} and {report.picture}")
 
 
 @app.command()

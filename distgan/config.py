@@ -26,6 +26,7 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 SAVE_ERROR_POLICIES = ("stop", "continue")
 
 CONFIG_HEADER = "# Resolved configuration of this run, written by distgan."
+AUGMENT_TRANSFORMS = ("color", "translation", "cutout")  # the DiffAugment transforms of distgan.augment
 
 # Options that may change when a run resumes; every other key must match the saved run.
 RESUMABLE_KEYS = ("steps", "log_every", "sample_every", "checkpoint_every", "num_workers", "cpu",
@@ -45,18 +46,21 @@ class TrainConfig:
     channels: int | None = None
     z_dim: int | None = None
     width: int | None = None
-    batch_size: int = 64
-    steps: int = 3000
+    batch_size: int | None = None  # None: the default of the data kind (see run.KIND_DEFAULTS)
+    steps: int | None = None
     ema: bool = True
     ema_decay: float = 0.999
     grad_accum: int = 1
     sync_bn: bool = False
-    r1_gamma: float = 0.0
+    r1_gamma: float | None = None  # None: the default of the loss and data kind (see losses.default_r1_gamma)
     r1_every: int = 16
     gp_weight: float = 10.0
+    spectral_norm: bool = False
+    augment: str = ""  # comma-separated DiffAugment transforms: color, translation, cutout
+    conditional: bool = False
     max_skipped_steps: int = 20
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
+    lr_g: float | None = None
+    lr_d: float | None = None
     beta1: float = 0.5
     beta2: float = 0.999
     loss: str = "logistic"
@@ -160,6 +164,21 @@ def build_config(file: str | Path | None = None, overrides: dict[str, Any] | Non
     return config
 
 
+def parse_policy(text: str) -> tuple[str, ...]:
+    """Split a comma-separated list of transforms ("" for none) and check every name.
+
+    Raises ConfigError naming an unknown transform and the valid ones.
+    """
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    for name in names:
+        if name not in AUGMENT_TRANSFORMS:
+            raise ConfigError(f"invalid augment transform '{name}'; choose a comma-separated list of "
+                              f"{', '.join(AUGMENT_TRANSFORMS)}, or an empty string for none")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"augment lists a transform twice: {text!r}")
+    return names
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -176,7 +195,8 @@ def validate(config: TrainConfig) -> None:
     _require(config.on_save_error in SAVE_ERROR_POLICIES,
              f"invalid on_save_error '{config.on_save_error}'; choose one of {', '.join(SAVE_ERROR_POLICIES)}")
     for key in ("batch_size", "steps", "log_every", "grad_accum", "r1_every", "collective_timeout"):
-        _require(getattr(config, key) >= 1, f"{key} must be at least 1, got {getattr(config, key)}")
+        value = getattr(config, key)
+        _require(value is None or value >= 1, f"{key} must be at least 1, got {value}")
     for key in ("sample_every", "checkpoint_every", "num_workers", "max_skipped_steps", "keep_checkpoints"):
         _require(getattr(config, key) >= 0, f"{key} must be 0 (off) or more, got {getattr(config, key)}")
     for key in ("resolution", "channels", "z_dim", "width"):
@@ -185,10 +205,13 @@ def validate(config: TrainConfig) -> None:
     _require(config.channels in (None, 1, 3), f"channels must be 1 or 3, got {config.channels}")
     for key in ("r1_gamma", "gp_weight"):
         value = getattr(config, key)
-        _require(math.isfinite(value) and value >= 0, f"{key} must be 0 (off) or a positive weight, got {value}")
+        _require(value is None or (math.isfinite(value) and value >= 0),
+                 f"{key} must be 0 (off) or a positive weight, got {value}")
+    parse_policy(config.augment)
     for key in ("lr_g", "lr_d"):
         value = getattr(config, key)
-        _require(math.isfinite(value) and value > 0, f"{key} must be a positive learning rate, got {value}")
+        _require(value is None or (math.isfinite(value) and value > 0),
+                 f"{key} must be a positive learning rate, got {value}")
     for key in ("beta1", "beta2", "ema_decay"):
         value = getattr(config, key)
         _require(0.0 <= value < 1.0, f"{key} must be in [0, 1), got {value}")

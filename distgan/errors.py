@@ -40,3 +40,5 @@ class CollectiveError(TrainingError):
     """A collective operation that failed or timed out because another process, node or the network was lost."""
 
     rank_specific = True
+class EvaluationError(DistganError):
+    """An evaluation that cannot run: an unknown data set, a missing feature extractor or its weights."""

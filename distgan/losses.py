@@ -64,6 +64,25 @@ LOSSES = {
 }
 
 
+# R1 weight gamma when --r1-gamma is not given, per loss and data kind. The figures behind them are in
+# BENCHMARKS.md. The WGAN-GP critic has its own gradient penalty.
+DEFAULT_R1_GAMMA = {
+    ("logistic", "image"): 0.1,
+    ("logistic", "points"): 0.1,
+    ("hinge", "image"): 0.0,
+    ("hinge", "points"): 0.0,
+    ("lsgan", "image"): 0.0,
+    ("lsgan", "points"): 0.0,
+    ("wgan-gp", "image"): 0.0,
+    ("wgan-gp", "points"): 0.0,
+}
+
+
+def default_r1_gamma(loss: str, kind: str) -> float:
+    """Return the R1 weight used when none is configured, for a loss name and a data kind ("image" or "points")."""
+    return DEFAULT_R1_GAMMA[(loss, kind)]
+
+
 def get_loss(name: str) -> AdversarialLoss:
     """Return the loss registered under `name`; raises KeyError for an unknown name."""
     return LOSSES[name]

@@ -19,6 +19,7 @@ from distgan.config import CONFIG_HEADER, TrainConfig, build_config, load_saved,
 from distgan.data import DataSet, open_data
 from distgan.data.mixtures import MIXTURES
 from distgan.errors import CheckpointError, ConfigError
+from distgan.losses import default_r1_gamma
 from distgan.models import DEFAULT_WIDTH, default_model
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,12 @@ LOCK_FILE = ".lock"
 _held_locks: dict[Path, int] = {}  # run directory -> open file descriptor of its lock
 DEFAULT_Z_DIM = {"image": 64, "points": 8}
 RESUME_MODES = ("auto", "latest", "never")
+# Options left unset take these values per data kind. The 2D mixtures need more steps, larger batches
+# and faster learning rates than images to cover their modes; BENCHMARKS.md has the measurements.
+KIND_DEFAULTS: dict[str, dict[str, int | float]] = {
+    "image": {"batch_size": 64, "steps": 3000, "lr_g": 2e-4, "lr_d": 2e-4},
+    "points": {"batch_size": 256, "steps": 20000, "lr_g": 5e-4, "lr_d": 5e-4},
+}
 
 
 @dataclass
@@ -51,8 +58,24 @@ def _absolute_data(data: str) -> str:
     return data if data == "mnist" or data in MIXTURES else str(Path(data).resolve())
 
 
+def check_data_options(config: TrainConfig, data: DataSet) -> None:
+    """Raise ConfigError for --augment on 2D points or --conditional on a data set without classes."""
+    if config.augment and data.kind != "image":
+        raise ConfigError(f"augment transforms apply to images, but '{data.name}' has 2D points; remove --augment")
+    if config.conditional and len(data.class_names) < 2:
+        raise ConfigError(
+            f"--conditional needs labelled data with at least 2 classes, but '{data.name}' has "
+            f"{len(data.class_names)}; use mnist, or an image folder (or packed data set) whose top-level "
+            "subfolders name the classes"
+        )
+
+
 def resolve_config(config: TrainConfig, data: DataSet) -> TrainConfig:
-    """Fill every option left as None from the data set and the model defaults."""
+    """Fill every option left as None from the data set, the model and the loss defaults.
+
+    Raises ConfigError for options that do not apply to the data set.
+    """
+    check_data_options(config, data)
     model = default_model(data.kind) if config.model == "auto" else config.model
     image = data.kind == "image"
     name = config.name or data.name
@@ -65,6 +88,8 @@ def resolve_config(config: TrainConfig, data: DataSet) -> TrainConfig:
         channels=data.sample_shape[0] if image else None,
         z_dim=config.z_dim or DEFAULT_Z_DIM[data.kind],
         width=config.width or DEFAULT_WIDTH[model],
+        r1_gamma=default_r1_gamma(config.loss, data.kind) if config.r1_gamma is None else config.r1_gamma,
+        **{key: value for key, value in KIND_DEFAULTS[data.kind].items() if getattr(config, key) is None},
     )
 
 

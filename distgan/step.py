@@ -24,6 +24,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from distgan.augment import AugmentParams, DiffAugment
 from distgan.ema import GeneratorEMA
 from distgan.losses import AdversarialLoss
 from distgan.penalties import interpolate, r1_penalty, wgan_gradient_penalty
@@ -38,13 +39,22 @@ MAX_OVERFLOW_RETRIES = 16  # halvings of the fp16 loss scale within one phase be
 
 @dataclass
 class MicroBatch:
-    """One rank's share of one micro-batch. `mix` contains the per-sample WGAN-GP interpolation weights."""
+    """One rank's share of one micro-batch.
+
+    `mix` contains the per-sample WGAN-GP interpolation weights. The augment_*
+    fields contain the DiffAugment parameters of the real images, the fake
+    images of the D phase and those of the G phase. In a conditional run,
+    `labels` condition both the real and the generated samples.
+    """
 
     real: torch.Tensor
     labels: torch.Tensor
     z_D: torch.Tensor
     z_G: torch.Tensor
     mix: torch.Tensor | None = None
+    augment_real: AugmentParams | None = None
+    augment_fake_D: AugmentParams | None = None
+    augment_fake_G: AugmentParams | None = None
 
 
 @dataclass
@@ -54,6 +64,14 @@ class Penalties:
     r1_gamma: float = 0.0
     r1_every: int = 1
     gp_weight: float = 0.0
+
+
+def run_model(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Run G or D on `inputs`, passing `labels` only when they are not None.
+
+    Unconditional modules are called without labels, so a custom pair need not accept them.
+    """
+    return module(inputs) if labels is None else module(inputs, labels)
 
 
 @contextlib.contextmanager
@@ -83,7 +101,8 @@ class AdversarialStep:
 
     def __init__(self, accelerator: Accelerator, G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer,
                  opt_D: torch.optim.Optimizer, loss: AdversarialLoss, penalties: Penalties,
-                 G_ema: GeneratorEMA | None = None) -> None:
+                 G_ema: GeneratorEMA | None = None, augment: DiffAugment | None = None,
+                 conditional: bool = False) -> None:
         self.accelerator = accelerator
         self.G, self.D = G, D
         self.G_inner = accelerator.unwrap_model(G)
@@ -92,6 +111,8 @@ class AdversarialStep:
         self.loss = loss
         self.penalties = penalties
         self.G_ema = G_ema
+        self.augment = augment
+        self.conditional = conditional
         # With a GradScaler (fp16) the scaler finds overflowing gradients and skips the step itself.
         self.uses_scaler = accelerator.scaler is not None
 
@@ -112,6 +133,12 @@ class AdversarialStep:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def _labels(self, batch: MicroBatch) -> torch.Tensor | None:
+        return batch.labels if self.conditional else None
+
+    def _augmented(self, images: torch.Tensor, params: AugmentParams | None) -> torch.Tensor:
+        return images if self.augment is None or params is None else self.augment(images, params)
+
     def discriminator_phase(self, step: int, batches: list[MicroBatch]) -> tuple[torch.Tensor, torch.Tensor]:
         """Update D on real and fake samples; return (statistics [6], skip flag)."""
         count = len(batches)
@@ -120,13 +147,16 @@ class AdversarialStep:
         stats = torch.zeros(6, device=batches[0].real.device)
         for index, batch in enumerate(batches):
             with self._sync(self.D, index == count - 1):
+                labels = self._labels(batch)
                 with torch.no_grad():
-                    fake = self.G(batch.z_D)
+                    fake = run_model(self.G, batch.z_D, labels)
+                # R1 differentiates with respect to the real images before augmentation.
                 real = batch.real.detach().requires_grad_(r1_now)
-                inputs = [real, fake]
+                inputs = [self._augmented(real, batch.augment_real), self._augmented(fake, batch.augment_fake_D)]
                 if gp_now:
-                    inputs.append(interpolate(batch.real, fake, batch.mix).requires_grad_(True))
-                logits = self.D(torch.cat(inputs)).float().split(len(real))
+                    inputs.append(interpolate(inputs[0].detach(), inputs[1], batch.mix).requires_grad_(True))
+                all_labels = None if labels is None else labels.repeat(len(inputs))
+                logits = run_model(self.D, torch.cat(inputs), all_labels).float().split(len(real))
                 loss_D = self.loss.d_loss(logits[0], logits[1])
                 total = loss_D
                 r1 = gp = torch.zeros((), device=stats.device)
@@ -153,7 +183,9 @@ class AdversarialStep:
         with frozen(self.D_inner):
             for index, batch in enumerate(batches):
                 with self._sync(self.G, index == count - 1):
-                    loss_G = self.loss.g_loss(self.D_inner(self.G(batch.z_G)).float())
+                    labels = self._labels(batch)
+                    fake = self._augmented(run_model(self.G, batch.z_G, labels), batch.augment_fake_G)
+                    loss_G = self.loss.g_loss(run_model(self.D_inner, fake, labels).float())
                     self.accelerator.backward(loss_G / count)
                 loss_sum += loss_G.detach() / count
         skip = skip_D | ~gradients_finite(self.G_inner)

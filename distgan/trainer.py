@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from distgan import __version__
+from distgan.augment import DiffAugment
 from distgan.checkpoint import (
     CHECKPOINTS,
     GENERATOR,
@@ -36,7 +37,7 @@ from distgan.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from distgan.config import TrainConfig, save_toml
+from distgan.config import TrainConfig, parse_policy, save_toml
 from distgan.data import DataSet
 from distgan.data.mixtures import MIXTURES, get_mixture
 from distgan.distributed import (
@@ -51,13 +52,14 @@ from distgan.ema import GeneratorEMA
 from distgan.errors import CheckpointError, CollectiveError, ConfigError, TrainingError
 from distgan.imaging import save_grid, save_scatter
 from distgan.losses import get_loss
-from distgan.models import build_discriminator, build_generator, default_architecture
+from distgan.models import apply_spectral_norm, build_discriminator, build_generator, default_architecture
 from distgan.models.sync_batchnorm import convert_batchnorm
 from distgan.performance import apply_speed_options
 from distgan.retention import prune_checkpoints
 from distgan.run import CONFIG_FILE, release_run_dir
 from distgan.seeding import derive_seed, global_latents, local_rows, make_generator, seed_device_rng
-from distgan.step import GOOD_COUNT, R1_COUNT, SKIPPED, STAT_NAMES, AdversarialStep, MicroBatch, Penalties
+from distgan.step import (GOOD_COUNT, R1_COUNT, SKIPPED, STAT_NAMES, AdversarialStep, MicroBatch, Penalties,
+                          run_model)
 from distgan.tracking import JsonlTracker, truncate_metrics
 
 logger = get_logger(__name__)
@@ -85,8 +87,10 @@ class Trainer:
 
     `generator` and `discriminator` replace the built-in pair with any
     nn.Module pair: G maps z [B, z_dim] to samples [B, *data.sample_shape] and
-    D maps samples to logits [B]. Export then needs the generator module
-    itself, because a custom class cannot be rebuilt from JSON.
+    D maps samples to logits [B]. With config.conditional both also take the
+    labels int64 [B] as a second argument: G(z, labels), D(x, labels). Export
+    then needs the generator module itself, because a custom class cannot be
+    rebuilt from JSON.
 
     `fit()` runs everything. For finer control, `setup()` prepares the models
     and returns the first step, and `train_step(step)` runs one step.
@@ -116,23 +120,31 @@ class Trainer:
             architecture = {"model": "custom", "class": f"{G_class.__module__}.{G_class.__qualname__}"}
         else:
             architecture = default_architecture(cfg.model, self.data.kind, self.data.sample_shape, cfg.z_dim,
-                                                cfg.width)
+                                                cfg.width, self.num_classes)
             G, D = build_generator(architecture), build_discriminator(architecture)
+        if cfg.spectral_norm:
+            D = apply_spectral_norm(D)
         if cfg.sync_bn:
             G, D = convert_batchnorm(G), convert_batchnorm(D)
         return G.to(self.device), D.to(self.device), architecture
 
+    @property
+    def num_classes(self) -> int:
+        """The number of classes that G and D are conditioned on; 0 for an unconditional run."""
+        return len(self.data.class_names) if self.config.conditional else 0
+
     def _check_shapes(self, G: nn.Module, D: nn.Module) -> None:
         z = torch.zeros(2, self.config.z_dim, device=self.device)
+        labels = torch.zeros(2, dtype=torch.int64, device=self.device) if self.num_classes else None
         was_training = G.training
         G.eval()
         with torch.no_grad():
-            fake = G(z)
+            fake = run_model(G, z, labels)
             expected = [2, *self.data.sample_shape]
             if list(fake.shape) != expected:
                 raise ConfigError(f"the generator returned shape {list(fake.shape)} for z of shape {list(z.shape)}; "
                                   f"expected {expected} to match the data")
-            logits = D(fake)
+            logits = run_model(D, fake, labels)
             if list(logits.shape) != [2]:
                 raise ConfigError(f"the discriminator returned shape {list(logits.shape)} for 2 samples; expected [2]")
         G.train(was_training)
@@ -157,6 +169,7 @@ class Trainer:
             "value_range": [-1.0, 1.0] if data.kind == "image" else None,
             "layout": "NCHW" if data.kind == "image" else "N2",
             "class_names": list(data.class_names),
+            "num_classes": self.num_classes,
             "data": data.name,
             "seed": cfg.seed,
             "step": step,
@@ -203,8 +216,10 @@ class Trainer:
         self.D_inner = accelerator.unwrap_model(self.D)
         loss = get_loss(cfg.loss)
         penalties = Penalties(cfg.r1_gamma, cfg.r1_every, cfg.gp_weight if loss.gradient_penalty else 0.0)
+        policy = parse_policy(cfg.augment)
+        self.augment = DiffAugment(policy, self.data.sample_shape[-1]) if policy else None
         self.step_runner = AdversarialStep(accelerator, self.G, self.D, self.opt_G, self.opt_D, loss, penalties,
-                                           self.G_ema)
+                                           self.G_ema, self.augment, conditional=self.num_classes > 0)
 
         if accelerator.is_main_process:
             # No save is running yet, so every temporary here was left by an interrupted one.
@@ -319,18 +334,29 @@ class Trainer:
         return metrics
 
     def step_inputs(self, step: int) -> list[MicroBatch]:
-        """Draw this rank's share of step `step`: real samples, labels, latents, split into micro-batches."""
+        """Draw this rank's share of step `step`: real samples, labels, latents, split into micro-batches.
+
+        The WGAN-GP weights and the augmentation parameters are drawn for the
+        global batch too, and this rank takes its rows.
+        """
         cfg = self.config
+        parts = cfg.grad_accum
         real, labels = self.source.batch(step)
         z_D = global_latents(cfg.seed, "z/D", step, self.step_batch, cfg.z_dim, self.device)[self.rows]
         z_G = global_latents(cfg.seed, "z/G", step, self.step_batch, cfg.z_dim, self.device)[self.rows]
-        mix = None
+        batches = [MicroBatch(*fields) for fields in zip(real.chunk(parts), labels.chunk(parts), z_D.chunk(parts),
+                                                          z_G.chunk(parts))]
         if self.step_runner.penalties.gp_weight > 0:
             generator = make_generator(cfg.seed, "gp/mix", step, device=self.device)
-            mix = torch.rand(self.step_batch, generator=generator, device=self.device)[self.rows].chunk(cfg.grad_accum)
-        return [MicroBatch(*parts, mix=mix[index] if mix is not None else None)
-                for index, parts in enumerate(zip(real.chunk(cfg.grad_accum), labels.chunk(cfg.grad_accum),
-                                                  z_D.chunk(cfg.grad_accum), z_G.chunk(cfg.grad_accum)))]
+            mix = torch.rand(self.step_batch, generator=generator, device=self.device)[self.rows].chunk(parts)
+            for batch, weights in zip(batches, mix):
+                batch.mix = weights
+        if self.augment is not None:
+            for stream in ("augment_real", "augment_fake_D", "augment_fake_G"):
+                params = self.augment.draw(cfg.seed, stream, step, self.step_batch, self.device)
+                for batch, local in zip(batches, params.select(self.rows).chunk(parts)):
+                    setattr(batch, stream, local)
+        return batches
 
     def train_step(self, step: int) -> torch.Tensor:
         """Run step `step`; return its statistics (see distgan.step.STAT_NAMES) on the device, with no host sync."""
@@ -382,6 +408,13 @@ class Trainer:
             return
         cfg = self.config
         count = SAMPLE_GRID_SIZE if self.data.kind == "image" else SAMPLE_POINTS
+        columns = None
+        labels = None
+        if self.num_classes:
+            # One column per class, and as many rows as fill SAMPLE_GRID_SIZE images.
+            columns = self.num_classes
+            count = columns * max(1, round(SAMPLE_GRID_SIZE / columns))
+            labels = torch.arange(count, device=self.device) % columns
         # The same latents at every step, so the grids show how training moves one batch.
         z = global_latents(cfg.seed, "samples", 0, count, cfg.z_dim, self.device)
         path = self.run_dir / "samples" / f"{checkpoint_name(step)}.png"
@@ -389,11 +422,11 @@ class Trainer:
         was_training = generator.training
         generator.eval()
         with torch.no_grad():
-            samples = generator(z).float().cpu().numpy()
+            samples = run_model(generator, z, labels).float().cpu().numpy()
         generator.train(was_training)
         try:
             if self.data.kind == "image":
-                save_grid(samples, path)
+                save_grid(samples, path, columns)
             else:
                 centers = get_mixture(self.data.name).centers.numpy() if self.data.name in MIXTURES else None
                 save_scatter(samples, path, centers)

@@ -151,3 +151,14 @@ def test_reliability_script(tmp_path: Path):
     assert positive(row["save (s)"])
     assert 0 < row["of which SHA-256 (s)"] < row["save (s)"]
     assert positive(row["load (s)"])
+
+
+def test_quality_script(tmp_path: Path):
+    report = run_script("quality", cwd=tmp_path)
+    (row,) = report["rows"]
+    assert row["data"] == "grid25"
+    assert row["steps"] == 20
+    assert positive(row["steps/s"])
+    assert row["modes"].endswith("/25")
+    assert 0.0 <= row["high quality %"] <= 100.0
+    assert row["meets target"] is False  # 20 steps cover no mode well

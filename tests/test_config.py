@@ -9,8 +9,26 @@ from distgan.errors import ConfigError
 def test_defaults_validate():
     config = build_config()
     assert config.data == "mnist"
-    assert config.batch_size == 64
+    assert config.batch_size is None  # resolved per data kind once the data set is open
     assert config.ema is True
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ("mnist", {"batch_size": 64, "steps": 3000, "lr_g": 2e-4, "lr_d": 2e-4, "r1_gamma": 0.1}),
+    ("grid25", {"batch_size": 256, "steps": 20000, "lr_g": 5e-4, "lr_d": 5e-4, "r1_gamma": 0.1}),
+])
+def test_defaults_per_data_kind(data: str, expected: dict):
+    from distgan.data import open_data
+    from distgan.run import resolve_config
+
+    config = build_config(None, {"data": data})
+    resolved = resolve_config(config, open_data(data, None, None))
+    for key, value in expected.items():
+        assert getattr(resolved, key) == value, key
+    explicit = resolve_config(build_config(None, {"data": data, "batch_size": 8, "r1_gamma": 2.0}),
+                              open_data(data, None, None))
+    assert explicit.batch_size == 8
+    assert explicit.r1_gamma == 2.0
 
 
 def test_toml_file_and_overrides(tmp_path: Path):

@@ -63,6 +63,22 @@ def test_world_size_invariance_dcgan_sync_bn(tmp_path: Path):
     assert max_relative_difference(weights(tmp_path / "two_plain", 6, "G"), weights(tmp_path / "one_plain", 6, "G")) > 1e-4
 
 
+def test_world_size_invariance_with_augmentation(tmp_path: Path):
+    # The dense pair has no BatchNorm, so 1 and 2 processes must agree with augmentation, labels and spectral norm.
+    common = ["train", "--cpu", "--model", "dense", "--batch-size", "16", "--width", "8", "--steps", "4",
+              "--log-every", "2", "--sample-every", "0", "--augment", "color,translation,cutout", "--conditional",
+              "--spectral-norm", "--r1-gamma", "1", "--r1-every", "2"]
+    assert_ok(run_distgan(*common, "--out", "one", cwd=tmp_path))
+    assert_ok(launch_distgan(*common, "--out", "two", cwd=tmp_path))
+    for name in ("G", "D", "G_ema"):
+        difference = max_relative_difference(weights(tmp_path / "two", 4, name), weights(tmp_path / "one", 4, name))
+        assert difference < 1e-5, f"{name}: relative difference {difference:.2e} between 1 and 2 processes"
+    # The augmentation matters: the same run without it ends elsewhere.
+    plain = common[: common.index("--augment")] + common[common.index("--augment") + 2 :]
+    assert_ok(run_distgan(*plain, "--out", "plain", cwd=tmp_path))
+    assert max_relative_difference(weights(tmp_path / "plain", 4, "D"), weights(tmp_path / "one", 4, "D")) > 1e-4
+
+
 def test_exact_resume_two_processes(grid_runs):
     root = grid_runs["root"]
     assert_ok(launch_distgan(*GRID, "--steps", "10", "--checkpoint-every", "10", "--out", "split", cwd=root))

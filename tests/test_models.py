@@ -53,3 +53,50 @@ def test_dcgan_generator_is_batch_independent_in_eval_mode():
         together = G(z)
         alone = G(z[1:2])
     torch.testing.assert_close(together[1:2], alone)
+
+
+@pytest.mark.parametrize("model", ["dcgan", "dense"])
+def test_conditional_pair_uses_labels(model):
+    record = default_architecture(model, "image", [1, 28, 28], z_dim=8, width=8, num_classes=10)
+    G, D = build_generator(record).eval(), build_discriminator(record)
+    z = torch.randn(1, 8).repeat(2, 1)
+    with torch.no_grad():
+        images = G(z, torch.tensor([3, 7]))
+        assert not torch.allclose(images[0], images[1])  # the same z, other labels: other images
+        logits = D(images[:1].repeat(2, 1, 1, 1), torch.tensor([3, 7]))
+    assert logits[0] != logits[1]  # the projection term depends on the label
+    with pytest.raises(ValueError, match="needs labels"):
+        G(z)
+    with pytest.raises(ValueError, match="takes no labels"):
+        build_generator(default_architecture(model, "image", [1, 28, 28], 8, 8))(z, torch.tensor([0, 1]))
+
+
+def test_conditional_generator_exports_to_onnx(tmp_path):
+    import contextlib
+    import io
+
+    import numpy as np
+    import onnxruntime as ort
+
+    G = build_generator(default_architecture("dcgan", "image", [1, 28, 28], z_dim=8, width=8, num_classes=10)).eval()
+    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        program = torch.onnx.export(G, (torch.randn(3, 8), torch.arange(3)), dynamo=True, input_names=["z", "label"],
+                                    output_names=["image"], opset_version=18,
+                                    dynamic_shapes={"z": {0: torch.export.Dim("batch")},
+                                                    "labels": {0: torch.export.Dim("batch")}})
+    program.save(str(tmp_path / "conditional.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "conditional.onnx"), providers=["CPUExecutionProvider"])
+    assert [(entry.name, entry.type) for entry in session.get_inputs()] == [("z", "tensor(float)"),
+                                                                            ("label", "tensor(int64)")]
+    z = np.random.default_rng(0).standard_normal((5, 8), dtype=np.float32)
+    labels = np.array([0, 9, 3, 3, 1], dtype=np.int64)
+    actual = session.run(None, {"z": z, "label": labels})[0]
+    with torch.no_grad():
+        expected = G(torch.from_numpy(z), torch.from_numpy(labels)).numpy()
+    assert actual.shape == (5, 1, 28, 28)
+    assert np.abs(actual - expected).max() < 1e-4
+
+
+def test_num_classes_of_one_is_rejected():
+    with pytest.raises(ConfigError, match="num_classes must be 0"):
+        default_architecture("dense", "image", [1, 28, 28], 8, 8, num_classes=1)

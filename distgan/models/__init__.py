@@ -12,8 +12,10 @@ from typing import Any
 from torch import nn
 
 from distgan.errors import ConfigError
+from distgan.models.conditioning import check_num_classes
 from distgan.models.dcgan import DCGANDiscriminator, DCGANGenerator, plan_resolution
 from distgan.models.dense import DenseDiscriminator, DenseGenerator
+from distgan.models.spectral import apply_spectral_norm, has_parametrizations
 
 ARCHITECTURES: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "dense": (DenseGenerator, DenseDiscriminator),
@@ -28,11 +30,15 @@ def default_model(kind: str) -> str:
     return "dcgan" if kind == "image" else "dense"
 
 
-def default_architecture(model: str, kind: str, sample_shape: list[int], z_dim: int, width: int) -> dict[str, Any]:
+def default_architecture(model: str, kind: str, sample_shape: list[int], z_dim: int, width: int,
+                         num_classes: int = 0) -> dict[str, Any]:
     """Build the architecture record of a built-in pair for samples of `sample_shape`.
 
-    Raises ConfigError when the model cannot produce that shape.
+    `num_classes` > 0 makes both networks class-conditional. Raises
+    ConfigError when the model cannot produce that shape or for a
+    num_classes of 1 or less than 0.
     """
+    check_num_classes(num_classes)
     if model == "dense":
         hidden = [width, 2 * width, 4 * width] if kind == "image" else [width, width, width]
         generator = {"z_dim": z_dim, "out_shape": list(sample_shape), "hidden": hidden,
@@ -51,6 +57,7 @@ def default_architecture(model: str, kind: str, sample_shape: list[int], z_dim: 
         discriminator = {"channels": channels, "resolution": resolution, "width": width}
     else:
         raise ConfigError(f"unknown model '{model}'; choose one of {', '.join(ARCHITECTURES)}")
+    generator["num_classes"] = discriminator["num_classes"] = num_classes
     return {"model": model, "generator": generator, "discriminator": discriminator}
 
 
@@ -79,8 +86,10 @@ __all__ = [
     "DCGANGenerator",
     "DenseDiscriminator",
     "DenseGenerator",
+    "apply_spectral_norm",
     "build_discriminator",
     "build_generator",
     "default_architecture",
     "default_model",
+    "has_parametrizations",
 ]

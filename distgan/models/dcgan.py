@@ -5,12 +5,17 @@ then doubles the resolution n times with stride-2 transposed convolutions,
 BatchNorm and ReLU, ending in tanh. The discriminator mirrors it with stride-2
 convolutions and LeakyReLU(0.2), and a final base x base convolution gives one
 logit. The resolution must be base * 2**n with base in 4..7 and n >= 1.
+With num_classes > 0 both are class-conditional (see
+distgan.models.conditioning): D's projection reads the flattened base x base
+feature map that its last convolution reads.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from distgan.models.conditioning import LabelEmbedding, Projection, check_labels
 
 LEAKY_SLOPE = 0.2
 INIT_STD = 0.02  # weight init of the DCGAN paper: N(0, 0.02), BatchNorm scale N(1, 0.02)
@@ -44,14 +49,18 @@ def _init_weights(module: nn.Module) -> None:
 
 
 class DCGANGenerator(nn.Module):
-    """Map z [B, z_dim] to images [B, channels, resolution, resolution] in [-1, 1]."""
+    """Map z [B, z_dim] (and labels int64 [B] with num_classes > 0) to images [B, channels, resolution, resolution].
 
-    def __init__(self, z_dim: int, channels: int, resolution: int, width: int = 64) -> None:
+    The images lie in [-1, 1].
+    """
+
+    def __init__(self, z_dim: int, channels: int, resolution: int, width: int = 64, num_classes: int = 0) -> None:
         super().__init__()
         base, n = plan_resolution(resolution)
         widths = [width * 2 ** (n - 1 - i) for i in range(n)]
+        self.condition = LabelEmbedding(num_classes, z_dim)
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(z_dim, widths[0], base, 1, 0, bias=False),
+            nn.ConvTranspose2d(z_dim + self.condition.out_features, widths[0], base, 1, 0, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(),
         ]
@@ -61,15 +70,16 @@ class DCGANGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
         self.apply(_init_weights)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z[:, :, None, None])
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(self.condition(z, labels)[:, :, None, None])
 
 
 class DCGANDiscriminator(nn.Module):
-    """Map images [B, channels, resolution, resolution] to one logit per image [B]."""
+    """Map images [B, channels, resolution, resolution] (and labels int64 [B] with num_classes > 0) to logits [B]."""
 
-    def __init__(self, channels: int, resolution: int, width: int = 64) -> None:
+    def __init__(self, channels: int, resolution: int, width: int = 64, num_classes: int = 0) -> None:
         super().__init__()
+        self.num_classes = num_classes
         base, n = plan_resolution(resolution)
         widths = [width * 2**i for i in range(n)]
         layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(LEAKY_SLOPE)]
@@ -77,7 +87,13 @@ class DCGANDiscriminator(nn.Module):
             layers += [nn.Conv2d(width_in, width_out, 4, 2, 1), nn.LeakyReLU(LEAKY_SLOPE)]
         layers.append(nn.Conv2d(widths[-1], 1, base, 1, 0))
         self.net = nn.Sequential(*layers)
+        self.projection = Projection(num_classes, widths[-1] * base * base) if num_classes else None
         self.apply(_init_weights)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten(1).squeeze(1)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        check_labels(labels, self.num_classes, "discriminator")
+        if self.projection is None:
+            return self.net(x).flatten(1).squeeze(1)
+        features = self.net[:-1](x)
+        logits = self.net[-1](features).flatten(1).squeeze(1)
+        return logits + self.projection(features.flatten(1), labels)
