@@ -113,6 +113,7 @@ def train(
     max_skipped_steps: Annotated[Optional[int], typer.Option(help=f"Consecutive steps with non-finite losses after which training stops; 0 never stops; default {_default('max_skipped_steps')}.")] = None,
     lr_g: Annotated[Optional[float], typer.Option(help="Adam learning rate of G; default 2e-4 for images, 5e-4 for 2D data.")] = None,
     lr_d: Annotated[Optional[float], typer.Option(help="Adam learning rate of D; default 2e-4 for images, 5e-4 for 2D data.")] = None,
+    lr_decay_start: Annotated[Optional[float], typer.Option(help="Fraction of --steps after which both learning rates fall linearly towards 0 at the last step; 1 turns decay off; default 1 for images, 0.5 for 2D data.")] = None,
     beta1: Annotated[Optional[float], typer.Option(help=f"Adam beta1 of both optimizers; default {_default('beta1')}.")] = None,
     beta2: Annotated[Optional[float], typer.Option(help=f"Adam beta2 of both optimizers; default {_default('beta2')}.")] = None,
     loss: Annotated[Optional[str], typer.Option(help=f"logistic (non-saturating), hinge, lsgan or wgan-gp; default {_default('loss')}.")] = None,

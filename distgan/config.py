@@ -61,6 +61,7 @@ class TrainConfig:
     max_skipped_steps: int = 20
     lr_g: float | None = None
     lr_d: float | None = None
+    lr_decay_start: float | None = None  # fraction of steps; None: the default of the data kind
     beta1: float = 0.5
     beta2: float = 0.999
     loss: str = "logistic"
@@ -144,6 +145,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             values = tomllib.load(file)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; pass a TOML file, such as a run's config.toml") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                          "save it as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     for key, value in values.items():
@@ -184,44 +192,52 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def option(key: str) -> str:
+    """Name a configuration key as both the config file and the command line spell it: "batch_size (--batch-size)"."""
+    return f"{key} (--{key.replace('_', '-')})"
+
+
 def validate(config: TrainConfig) -> None:
     """Raise ConfigError on the first value that is out of range, naming the option and what is valid."""
-    _require(config.model in MODEL_NAMES, f"invalid model '{config.model}'; choose one of {', '.join(MODEL_NAMES)}")
-    _require(config.loss in LOSS_NAMES, f"invalid loss '{config.loss}'; choose one of {', '.join(LOSS_NAMES)}")
+    _require(config.model in MODEL_NAMES, f"invalid {option('model')} '{config.model}'; choose one of {', '.join(MODEL_NAMES)}")
+    _require(config.loss in LOSS_NAMES, f"invalid {option('loss')} '{config.loss}'; choose one of {', '.join(LOSS_NAMES)}")
     _require(
         config.mixed_precision is None or config.mixed_precision in MIXED_PRECISION,
-        f"invalid mixed_precision '{config.mixed_precision}'; choose one of {', '.join(MIXED_PRECISION)}",
+        f"invalid {option('mixed_precision')} '{config.mixed_precision}'; choose one of {', '.join(MIXED_PRECISION)}",
     )
     _require(config.on_save_error in SAVE_ERROR_POLICIES,
-             f"invalid on_save_error '{config.on_save_error}'; choose one of {', '.join(SAVE_ERROR_POLICIES)}")
+             f"invalid {option('on_save_error')} '{config.on_save_error}'; choose one of {', '.join(SAVE_ERROR_POLICIES)}")
     for key in ("batch_size", "steps", "log_every", "grad_accum", "r1_every", "collective_timeout"):
         value = getattr(config, key)
-        _require(value is None or value >= 1, f"{key} must be at least 1, got {value}")
+        _require(value is None or value >= 1, f"{option(key)} must be at least 1, got {value}")
     for key in ("sample_every", "checkpoint_every", "num_workers", "max_skipped_steps", "keep_checkpoints"):
-        _require(getattr(config, key) >= 0, f"{key} must be 0 (off) or more, got {getattr(config, key)}")
+        _require(getattr(config, key) >= 0, f"{option(key)} must be 0 (off) or more, got {getattr(config, key)}")
     for key in ("resolution", "channels", "z_dim", "width"):
         value = getattr(config, key)
-        _require(value is None or value >= 1, f"{key} must be at least 1, got {value}")
-    _require(config.channels in (None, 1, 3), f"channels must be 1 or 3, got {config.channels}")
+        _require(value is None or value >= 1, f"{option(key)} must be at least 1, got {value}")
+    _require(config.channels in (None, 1, 3), f"{option('channels')} must be 1 or 3, got {config.channels}")
     for key in ("r1_gamma", "gp_weight"):
         value = getattr(config, key)
         _require(value is None or (math.isfinite(value) and value >= 0),
-                 f"{key} must be 0 (off) or a positive weight, got {value}")
+                 f"{option(key)} must be 0 (off) or a positive weight, got {value}")
     parse_policy(config.augment)
     for key in ("lr_g", "lr_d"):
         value = getattr(config, key)
         _require(value is None or (math.isfinite(value) and value > 0),
-                 f"{key} must be a positive learning rate, got {value}")
+                 f"{option(key)} must be a positive learning rate, got {value}")
+    _require(config.lr_decay_start is None or 0.0 <= config.lr_decay_start <= 1.0,
+             f"{option('lr_decay_start')} must be a fraction of the steps in [0, 1] (1 turns decay off), "
+             f"got {config.lr_decay_start}")
     for key in ("beta1", "beta2", "ema_decay"):
         value = getattr(config, key)
-        _require(0.0 <= value < 1.0, f"{key} must be in [0, 1), got {value}")
-    _require(0 <= config.seed < 2**63, f"seed must be in [0, 2**63), got {config.seed}")
-    _require(bool(config.data), "data must name a built-in data set or a folder")
+        _require(0.0 <= value < 1.0, f"{option(key)} must be in [0, 1), got {value}")
+    _require(0 <= config.seed < 2**63, f"{option('seed')} must be in [0, 2**63), got {config.seed}")
+    _require(bool(config.data), "data (--data) must name a built-in data set or a folder")
     if config.name is not None:
         _require(bool(config.name) and not any(part in config.name for part in ("/", "\\", "..")),
                  f"name {config.name!r} must be a plain, non-empty run name without '/', '\\' or '..'; "
                  "use --out to choose the directory")
-    _require(config.out is None or bool(config.out.strip()), "out must not be empty; omit it for runs/<name>")
+    _require(config.out is None or bool(config.out.strip()), "out (--out) must not be empty; omit it for runs/<name>")
 
 
 def resumed_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:

@@ -32,8 +32,8 @@ RESUME_MODES = ("auto", "latest", "never")
 # Options left unset take these values per data kind. The 2D mixtures need more steps, larger batches
 # and faster learning rates than images to cover their modes; BENCHMARKS.md has the measurements.
 KIND_DEFAULTS: dict[str, dict[str, int | float]] = {
-    "image": {"batch_size": 64, "steps": 3000, "lr_g": 2e-4, "lr_d": 2e-4},
-    "points": {"batch_size": 256, "steps": 20000, "lr_g": 5e-4, "lr_d": 5e-4},
+    "image": {"batch_size": 64, "steps": 3000, "lr_g": 2e-4, "lr_d": 2e-4, "lr_decay_start": 1.0},
+    "points": {"batch_size": 256, "steps": 20000, "lr_g": 5e-4, "lr_d": 5e-4, "lr_decay_start": 0.5},
 }
 
 

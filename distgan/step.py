@@ -8,7 +8,8 @@ accumulation counter is not used: it advances once per `accumulate()` call,
 and a step here has two phases on two models.
 
 A phase whose gradients are not finite is skipped, and so is the G phase
-after a skipped D phase. Gradients are all-reduced before the check, so a NaN
+after a skipped D phase. A step counts as skipped when either phase was; when
+only its G phase was, the finite D update stays applied. Gradients are all-reduced before the check, so a NaN
 on one rank makes every rank skip the same step without an extra collective.
 With fused Adam the skip happens on the device (its `found_inf` input),
 without a host synchronization.
@@ -29,11 +30,11 @@ from distgan.ema import GeneratorEMA
 from distgan.losses import AdversarialLoss
 from distgan.penalties import interpolate, r1_penalty, wgan_gradient_penalty
 
-# Positions in the statistics vector that a step returns. Sums over good steps,
-# except SKIPPED (a count) and the *_COUNT entries (how many steps contributed).
+# Positions in the statistics vector that a step returns. Loss/G is a sum over good steps, the D
+# entries a sum over steps whose D phase was applied; SKIPPED and the *_COUNT entries are counts.
 STAT_NAMES = ("Loss/D", "Loss/G", "Logits/real", "Logits/fake", "Loss/D/r1", "Loss/D/gp",
-              "good_steps", "r1_steps", "Train/skipped_steps")
-GOOD_COUNT, R1_COUNT, SKIPPED = 6, 7, 8
+              "good_steps", "r1_steps", "Train/skipped_steps", "d_steps")
+GOOD_COUNT, R1_COUNT, SKIPPED, D_COUNT = 6, 7, 8, 9
 MAX_OVERFLOW_RETRIES = 16  # halvings of the fp16 loss scale within one phase before the step is skipped
 
 
@@ -219,9 +220,9 @@ class AdversarialStep:
         loss_G, skip = self._retry_on_overflow(self.opt_G, lambda: self.generator_phase(step, batches, skip_D))
         if self.G_ema is not None:
             self.G_ema.update(self.G_inner, step, skip)
-        good = (~skip).float()
-        stats_D[1] = loss_G
+        good, good_D = (~skip).float(), (~skip_D).float()
         r1_step = float(self.penalties.r1_gamma > 0 and step % self.penalties.r1_every == 0)
-        # torch.where instead of a product, so that NaN statistics of a skipped step do not leak into the sums.
-        sums = torch.where(skip, torch.zeros_like(stats_D), stats_D)
-        return torch.cat([sums, torch.stack([good, good * r1_step, 1.0 - good])])
+        # torch.where instead of a product, so that NaN statistics of a skipped phase do not leak into the sums.
+        sums = torch.where(skip_D, torch.zeros_like(stats_D), stats_D)
+        sums[1] = torch.where(skip, torch.zeros_like(loss_G), loss_G)
+        return torch.cat([sums, torch.stack([good, good_D * r1_step, 1.0 - good, good_D])])

@@ -52,13 +52,14 @@ from distgan.ema import GeneratorEMA
 from distgan.errors import CheckpointError, CollectiveError, ConfigError, TrainingError
 from distgan.imaging import save_grid, save_scatter
 from distgan.losses import get_loss
+from distgan.lr_decay import decay_factor, set_learning_rate
 from distgan.models import apply_spectral_norm, build_discriminator, build_generator, default_architecture
 from distgan.models.sync_batchnorm import convert_batchnorm
 from distgan.performance import apply_speed_options
 from distgan.retention import prune_checkpoints
 from distgan.run import CONFIG_FILE, release_run_dir
 from distgan.seeding import derive_seed, global_latents, local_rows, make_generator, seed_device_rng
-from distgan.step import (GOOD_COUNT, R1_COUNT, SKIPPED, STAT_NAMES, AdversarialStep, MicroBatch, Penalties,
+from distgan.step import (D_COUNT, GOOD_COUNT, R1_COUNT, SKIPPED, STAT_NAMES, AdversarialStep, MicroBatch, Penalties,
                           run_model)
 from distgan.tracking import JsonlTracker, truncate_metrics
 
@@ -362,6 +363,11 @@ class Trainer:
         """Run step `step`; return its statistics (see distgan.step.STAT_NAMES) on the device, with no host sync."""
         # Randomness inside the models (dropout, for example) follows (seed, step, rank) too.
         seed_device_rng(derive_seed(self.config.seed, "step", step, self.accelerator.process_index), self.device)
+        cfg = self.config
+        if cfg.lr_decay_start < 1.0:
+            factor = decay_factor(step, cfg.steps, cfg.lr_decay_start)
+            set_learning_rate(self.opt_G, cfg.lr_g * factor)
+            set_learning_rate(self.opt_D, cfg.lr_d * factor)
         stats = self.step_runner.run(step, self.step_inputs(step))
         skipped = stats[SKIPPED]
         self._skip_streak = (self._skip_streak + 1) * skipped
@@ -383,8 +389,8 @@ class Trainer:
             first = int(self._streak_start.item())
             raise TrainingError(
                 f"training stopped at step {step}: steps {first} to {step} ({streak} in a row) all had non-finite "
-                f"losses or gradients and were skipped (max_skipped_steps = {limit}). They changed no weights, and "
-                "the latest checkpoint is intact. Lower the learning rates, check the data, or use "
+                f"losses or gradients and were skipped (max_skipped_steps = {limit}). No non-finite update was "
+                "applied to any weight, and the latest checkpoint is intact. Lower the learning rates, check the data, or use "
                 "--mixed-precision no."
             )
 
@@ -392,11 +398,13 @@ class Trainer:
         totals = self.accelerator.reduce(sums, reduction="mean").tolist()
         # An interval of skipped steps only has no losses: NaN, written as null in metrics.jsonl.
         good = totals[GOOD_COUNT] or float("nan")
-        metrics = {name: totals[index] / good for index, name in enumerate(STAT_NAMES[:4])}
+        good_D = totals[D_COUNT] or float("nan")
+        metrics = {name: totals[index] / (good if name == "Loss/G" else good_D)
+                   for index, name in enumerate(STAT_NAMES[:4])}
         if totals[R1_COUNT]:
             metrics["Loss/D/r1"] = totals[4] / totals[R1_COUNT]
         if self.step_runner.penalties.gp_weight:
-            metrics["Loss/D/gp"] = totals[5] / good
+            metrics["Loss/D/gp"] = totals[5] / good_D
         metrics["Train/skipped_steps"] = totals[SKIPPED]
         metrics["images_per_second"] = images_per_second
         self.accelerator.log(metrics, step=step)

@@ -43,9 +43,9 @@ def test_unknown_config_key(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("args", "fragment"), [
-    (["--model", "gan"], "invalid model 'gan'; choose one of auto, dense, dcgan"),
+    (["--model", "gan"], "invalid model (--model) 'gan'; choose one of auto, dense, dcgan"),
     (["--resolution", "30"], "resolution of base * 2**n"),
-    (["--batch-size", "0"], "batch_size must be at least 1"),
+    (["--batch-size", "0"], "batch_size (--batch-size) must be at least 1"),
 ])
 def test_invalid_option_values(tmp_path: Path, args: list[str], fragment: str):
     assert_user_error(run_distgan("train", "--steps", "1", *args, cwd=tmp_path), fragment)
@@ -138,7 +138,7 @@ def test_foreign_folder_is_not_overwritten(tmp_path: Path):
 
 @pytest.mark.parametrize(("args", "fragment"), [
     (["--name", "../escape"], "must be a plain, non-empty run name"),
-    (["--out", ""], "out must not be empty"),
+    (["--out", ""], "out (--out) must not be empty"),
     (["--mixed-precision", "fp16", "--cpu"], "--mixed-precision fp16 needs a GPU"),
 ])
 def test_invalid_run_names_and_precision(tmp_path: Path, args: list[str], fragment: str):

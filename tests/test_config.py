@@ -75,14 +75,14 @@ def test_malformed_values(tmp_path: Path, text: str, fragment: str):
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        ({"model": "stylegan"}, "invalid model 'stylegan'"),
-        ({"loss": "wgan"}, "invalid loss 'wgan'"),
-        ({"steps": 0}, "steps must be at least 1"),
-        ({"lr_d": -1.0}, "lr_d must be a positive learning rate"),
-        ({"beta2": 1.0}, "beta2 must be in [0, 1)"),
-        ({"channels": 2}, "channels must be 1 or 3"),
-        ({"mixed_precision": "fp8"}, "invalid mixed_precision 'fp8'"),
-        ({"sample_every": -1}, "sample_every must be 0 (off) or more"),
+        ({"model": "stylegan"}, "invalid model (--model) 'stylegan'"),
+        ({"loss": "wgan"}, "invalid loss (--loss) 'wgan'"),
+        ({"steps": 0}, "steps (--steps) must be at least 1"),
+        ({"lr_d": -1.0}, "lr_d (--lr-d) must be a positive learning rate"),
+        ({"beta2": 1.0}, "beta2 (--beta2) must be in [0, 1)"),
+        ({"channels": 2}, "channels (--channels) must be 1 or 3"),
+        ({"mixed_precision": "fp8"}, "invalid mixed_precision (--mixed-precision) 'fp8'"),
+        ({"sample_every": -1}, "sample_every (--sample-every) must be 0 (off) or more"),
     ],
 )
 def test_out_of_range_values(overrides: dict, fragment: str):

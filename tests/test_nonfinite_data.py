@@ -42,3 +42,34 @@ def test_nonfinite_weights_stop_every_rank_at_save(tmp_path: Path):
     assert checkpoints == ["step-0000002"]
     saved = load_file(tmp_path / "run" / "checkpoints" / "step-0000002" / "G.safetensors")
     assert all(torch.isfinite(tensor).all() for tensor in saved.values())
+
+
+def test_nan_generator_phase_keeps_d_update():
+    from accelerate import Accelerator
+
+    from distgan.losses import get_loss
+    from distgan.models import build_discriminator, build_generator, default_architecture
+    from distgan.step import D_COUNT, GOOD_COUNT, SKIPPED, AdversarialStep, MicroBatch, Penalties
+
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    record = default_architecture("dense", "points", [2], 4, 16)
+    G, D = build_generator(record), build_discriminator(record)
+    opt_G, opt_D = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+    G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
+    runner = AdversarialStep(accelerator, G, D, opt_G, opt_D, get_loss("logistic"), Penalties())
+    before_G = [p.detach().clone() for p in G.parameters()]
+    before_D = [p.detach().clone() for p in D.parameters()]
+    # The G phase draws its own latents: NaN there leaves the D phase finite.
+    batch = MicroBatch(real=torch.randn(8, 2), labels=torch.zeros(8, dtype=torch.long), z_D=torch.randn(8, 4),
+                       z_G=torch.full((8, 4), float("nan")))
+    stats = runner.run(0, [batch])
+    assert all(torch.equal(a, b) for a, b in zip(before_G, G.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(before_D, D.parameters()))
+    assert all(torch.isfinite(p).all() for p in D.parameters())
+    assert stats[GOOD_COUNT].item() == 0.0
+    assert stats[D_COUNT].item() == 1.0
+    assert stats[SKIPPED].item() == 1.0
+    assert torch.isfinite(stats).all()
+    assert stats[0].item() > 0  # Loss/D of the applied D phase is kept
+    accelerator.free_memory()

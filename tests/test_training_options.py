@@ -11,6 +11,7 @@ from distgan.config import build_config
 from distgan.data import open_data
 from distgan.errors import ConfigError
 from distgan.losses import get_loss
+from distgan.lr_decay import decay_factor
 from distgan.models import apply_spectral_norm, build_discriminator, build_generator, has_parametrizations
 from distgan.run import resolve_config
 from distgan.trainer import Trainer
@@ -126,6 +127,30 @@ def test_unconditional_record_has_no_classes(tmp_path: Path):
     train(tmp_path, data="grid25")
     record = json.loads((tmp_path / "generator" / "generator.json").read_text())
     assert record["num_classes"] == 0
+
+
+def test_decay_factor_is_linear_to_the_end():
+    assert [decay_factor(step, 8, 0.5) for step in range(8)] == [1, 1, 1, 1, 1.0, 0.75, 0.5, 0.25]
+    assert [decay_factor(step, 4, 1.0) for step in range(4)] == [1, 1, 1, 1]
+    assert decay_factor(0, 4, 0.0) == 1.0
+    assert decay_factor(3, 4, 0.0) == 0.25
+
+
+@pytest.mark.parametrize(("decay_start", "factor"), [(0.5, 0.25), (1.0, 1.0)])
+def test_decay_sets_optimizer_learning_rates(tmp_path: Path, decay_start: float, factor: float):
+    train(tmp_path, data="grid25", steps=8, checkpoint_every=8, sample_every=0, lr_g=1e-3, lr_d=2e-3,
+          lr_decay_start=decay_start)
+    for name, base in (("optimizer_G", 1e-3), ("optimizer_D", 2e-3)):
+        state = torch.load(tmp_path / "checkpoints" / "step-0000008" / f"{name}.pt", weights_only=True)
+        # The last step (index 7) ran at base * (8 - 7) / (8 - 4) with decay from step 4.
+        assert state["param_groups"][0]["lr"] == pytest.approx(base * factor)
+
+
+def test_decay_is_on_for_points_and_off_for_images():
+    points = resolve_config(build_config(None, {"data": "grid25"}), open_data("grid25", None, None))
+    images = resolve_config(build_config(None, {"data": "mnist"}), open_data("mnist", None, None))
+    assert points.lr_decay_start == 0.5
+    assert images.lr_decay_start == 1.0
 
 
 def test_option_errors(tmp_path: Path):

@@ -52,7 +52,8 @@ def default_architecture(model: str, kind: str, sample_shape: list[int], z_dim: 
         try:
             plan_resolution(resolution)
         except ValueError as error:
-            raise ConfigError(f"{error}; set --resolution") from None
+            raise ConfigError(f"{error}; set --resolution (a packed data set keeps the resolution it was packed at: "
+                              "run distgan prepare again with --resolution), or use --model dense") from None
         generator = {"z_dim": z_dim, "channels": channels, "resolution": resolution, "width": width}
         discriminator = {"channels": channels, "resolution": resolution, "width": width}
     else:
