@@ -101,7 +101,7 @@ def train(
     z_dim: Annotated[Optional[int], typer.Option(help="Latent size; default 64 for images, 8 for 2D data.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Base layer width of G and D; default 64 (dcgan), 256 (dense).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch size, split evenly over all processes; default 64 for images, 256 for 2D data.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Total training steps (one D and one G update each); default 3,000 for images, 20,000 for 2D data.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Total training steps (one D and one G update each); default 3,000 for images, 40,000 for 2D data.")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help=f"Micro-batches per optimizer step; each step trains on grad_accum x batch_size samples; default {_default('grad_accum')}.")] = None,
     sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn", metavar="", help="BatchNorm statistics over the global batch of all processes instead of each process's share.")] = None,
     r1_gamma: Annotated[Optional[float], typer.Option(help="Weight gamma of the R1 penalty on real data; 0 turns it off; default: per loss and data kind, see the README.")] = None,

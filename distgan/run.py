@@ -33,7 +33,7 @@ RESUME_MODES = ("auto", "latest", "never")
 # and faster learning rates than images to cover their modes; BENCHMARKS.md has the measurements.
 KIND_DEFAULTS: dict[str, dict[str, int | float]] = {
     "image": {"batch_size": 64, "steps": 3000, "lr_g": 2e-4, "lr_d": 2e-4, "lr_decay_start": 1.0},
-    "points": {"batch_size": 256, "steps": 20000, "lr_g": 5e-4, "lr_d": 5e-4, "lr_decay_start": 0.5},
+    "points": {"batch_size": 256, "steps": 40000, "lr_g": 5e-4, "lr_d": 5e-4, "lr_decay_start": 0.5},
 }
 
 

@@ -162,3 +162,15 @@ def test_quality_script(tmp_path: Path):
     assert row["modes"].endswith("/25")
     assert 0.0 <= row["high quality %"] <= 100.0
     assert row["meets target"] is False  # 20 steps cover no mode well
+
+
+def test_mixture_sweep_script(tmp_path: Path):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "mixture_sweep.py"), "--data", "ring8", "--steps", "20",
+                             "--eval-every", "10", "--width", "8"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert_ok(result)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["step"] for line in lines] == [10, 20]
+    for line in lines:
+        assert 0 <= line["G_ema"]["modes"] <= 8
+        assert 0.0 <= line["G"]["high quality %"] <= 100.0
