@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     apply_quick(args)
     mixture_rows, digit_rows = [], []
     with tempfile.TemporaryDirectory(prefix="distgan-quality-") as temporary:
-        workdir = Path(args.keep or temporary)
+        workdir = Path(args.keep or temporary).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         for data in args.data.split(","):
             seeds = args.mnist_seeds if data == "mnist" else args.seeds

@@ -154,7 +154,8 @@ def test_reliability_script(tmp_path: Path):
 
 
 def test_quality_script(tmp_path: Path):
-    report = run_script("quality", cwd=tmp_path)
+    report = run_script("quality", "--keep", "kept", cwd=tmp_path)  # a relative --keep is the working directory's
+    assert (tmp_path / "kept" / "grid25-seed0" / "evaluation" / "G_ema.json").is_file()
     (row,) = report["rows"]
     assert row["data"] == "grid25"
     assert row["steps"] == 20
