@@ -232,9 +232,12 @@ def test_interrupted_training_names_the_checkpoint(tmp_path: Path):
     import sys
     import time
 
+    # A shell without job control starts background commands with SIGINT ignored, and the child would
+    # inherit that; the default disposition makes Python raise KeyboardInterrupt as in a terminal.
     process = subprocess.Popen([sys.executable, "-m", "distgan", "train", "--data", "ring8", "--steps", "100000",
                                 "--checkpoint-every", "5", "--out", "run"], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not list((tmp_path / "run" / "checkpoints").glob("step-*")) and time.time() < deadline:
         time.sleep(0.2)
