@@ -7,8 +7,8 @@ in the G phase.
 distgan runs through Trainer.setup() and Trainer.train_step(), so the
 measurement includes everything a real step does: the (seed, step) batch
 schedule, seeded latents, Accelerate's backward and optimizer wrappers and
-the statistics tensor. EMA is off on both sides, because it is extra work
-rather than overhead. Short timed blocks alternate A B B A ... in one
+the statistics tensor. EMA and R1 are off on both sides, because they are
+extra work rather than overhead. Short timed blocks alternate A B B A ... in one
 process, so that load from other programs hits both sides alike, and the
 figure is the ratio of the two sides' median images per second. The spread
 is the interquartile range of the ratios of neighbouring blocks.
@@ -71,6 +71,7 @@ def make_trainer(args: argparse.Namespace, model: str, run_dir: Path) -> Trainer
     return start_trainer({
         "data": args.data, "model": model, "resolution": args.resolution, "channels": args.channels,
         "width": args.width, "batch_size": args.batch_size, "steps": total_steps, "ema": False,
+        "r1_gamma": 0.0,  # the minimal loop has no penalty; R1 is extra work, not overhead
         "mixed_precision": args.mixed_precision, "cpu": args.device == "cpu", "compile": args.compile,
         "channels_last": args.channels_last, "log_every": total_steps, "sample_every": 0, "checkpoint_every": 0,
         "num_workers": 0, "out": str(run_dir),
@@ -216,7 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {key: value for key, value in vars(args).items() if key != "out"},
         "notes": [f"ratio of medians over {args.repeats} alternated blocks of {args.steps} steps per side after "
                   f"{args.warmup} warm-up steps; p25 and p75 of the ratios of neighbouring blocks; "
-                  f"torch threads {torch.get_num_threads()}; EMA off on both sides"],
+                  f"torch threads {torch.get_num_threads()}; EMA and R1 off on both sides"],
     }
 
 

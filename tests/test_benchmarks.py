@@ -40,6 +40,21 @@ def test_overhead_script(tmp_path: Path):
     assert len(report["samples"]["dense"]["distgan"]) == 2  # --quick runs 2 blocks per side
 
 
+def test_overhead_trainer_has_no_extra_work(tmp_path: Path):
+    from distgan.bench import load_script
+
+    overhead = load_script(BENCHMARKS / "overhead.py")
+    args = overhead.build_parser().parse_args(["--quick"])
+    overhead.apply_quick(args)
+    trainer = overhead.make_trainer(args, "dense", tmp_path / "run")
+    try:
+        # The minimal loop runs no penalty and no EMA, so distgan's side must not either.
+        assert trainer.config.r1_gamma == 0.0
+        assert trainer.config.ema is False
+    finally:
+        trainer.close()
+
+
 def test_data_script(tmp_path: Path):
     report = run_script("data", cwd=tmp_path)
     loaders = [row["loader"] for row in report["rows"]]
