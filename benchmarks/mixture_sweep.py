@@ -1,9 +1,9 @@
 """Tuning sweeps on the 2D mixtures: a plain PyTorch loop with distgan's models, loss, R1, EMA and decay.
 
-The loop repeats what distgan's step does on the dense pair (non-saturating
-logistic loss, lazy R1 on real points, Adam, G_ema with the warm-up of
-distgan.ema, linear learning-rate decay) in one thread and without
-Accelerate, so that two sweeps can share a 2-core machine. Its data and
+The loop repeats what distgan's step does on the dense pair: the
+non-saturating logistic loss, lazy R1 on real points, Adam, G_ema with the
+warm-up of distgan.ema and linear learning-rate decay. It runs in one thread
+and without Accelerate, so that two sweeps can share a 2-core machine. Its data and
 latents come from one torch generator rather than from distgan's (seed,
 step) schedule, so a run follows another path than `distgan train` with the
 same seed; the figures agree in level (82.1 % against distgan's 80.4 %

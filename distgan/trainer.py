@@ -361,9 +361,9 @@ class Trainer:
 
     def train_step(self, step: int) -> torch.Tensor:
         """Run step `step`; return its statistics (see distgan.step.STAT_NAMES) on the device, with no host sync."""
-        # Randomness inside the models (dropout, for example) follows (seed, step, rank) too.
-        seed_device_rng(derive_seed(self.config.seed, "step", step, self.accelerator.process_index), self.device)
         cfg = self.config
+        # Randomness inside the models (dropout, for example) follows (seed, step, rank) too.
+        seed_device_rng(derive_seed(cfg.seed, "step", step, self.accelerator.process_index), self.device)
         if cfg.lr_decay_start < 1.0:
             factor = decay_factor(step, cfg.steps, cfg.lr_decay_start)
             set_learning_rate(self.opt_G, cfg.lr_g * factor)

@@ -233,7 +233,7 @@ def test_interrupted_training_names_the_checkpoint(tmp_path: Path):
     import time
 
     # A shell without job control starts background commands with SIGINT ignored, and the child would
-    # inherit that; the default disposition makes Python raise KeyboardInterrupt as in a terminal.
+    # inherit that. With the default disposition, Python raises KeyboardInterrupt as in a terminal.
     process = subprocess.Popen([sys.executable, "-m", "distgan", "train", "--data", "ring8", "--steps", "100000",
                                 "--checkpoint-every", "5", "--out", "run"], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

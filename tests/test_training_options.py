@@ -146,7 +146,7 @@ def test_decay_sets_optimizer_learning_rates(tmp_path: Path, decay_start: float,
         assert state["param_groups"][0]["lr"] == pytest.approx(base * factor)
 
 
-def test_decay_is_on_for_points_and_off_for_images():
+def test_decay_default_per_data_kind():
     points = resolve_config(build_config(None, {"data": "grid25"}), open_data("grid25", None, None))
     images = resolve_config(build_config(None, {"data": "mnist"}), open_data("mnist", None, None))
     assert points.lr_decay_start == 0.5
