@@ -44,13 +44,14 @@ class GeneratorEMA:
     def update(self, generator: nn.Module, step: int, skip: torch.Tensor | None = None) -> None:
         """Fold the weights of `generator` after training step `step` (0-based) into the average.
 
-        `skip` is a 0-dim bool tensor on the device; when true the average stays
-        as it is, without a host synchronization.
+        `skip` is a 0-dim tensor on the device (bool, or float with 1.0 for a
+        skipped step); when set, the average stays as it is, without a host
+        synchronization.
         """
         # fill_ passes the rate as a kernel argument: no host-to-device copy, no synchronization.
         self._rate.fill_(1.0 - warmup_decay(self.decay, step))
         if skip is not None:
-            self._rate.mul_(~skip)
+            self._rate.mul_(skip.logical_not())
         self.averaged.update_parameters(generator)
 
     @property

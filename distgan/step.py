@@ -7,22 +7,31 @@ B samples give the gradient of one batch of N * B samples. Accelerate's own
 accumulation counter is not used: it advances once per `accumulate()` call,
 and a step here has two phases on two models.
 
-A phase whose gradients are not finite is skipped, and so is the G phase
-after a skipped D phase. A step counts as skipped when either phase was; when
-only its G phase was, the finite D update stays applied. Gradients are all-reduced before the check, so a NaN
-on one rank makes every rank skip the same step without an extra collective.
-With fused Adam the skip happens on the device (its `found_inf` input),
-without a host synchronization.
+A phase whose loss (penalties included) is NaN or Inf on any rank is skipped
+on every rank: the flag of each rank is all-reduced with MAX, one scalar per
+phase, and a skipped D phase skips the G phase too. A step counts as skipped
+when either phase was; when only its G phase was, the finite D update stays
+applied. With fused Adam the skip happens on the device (its `found_inf`
+input), without a host synchronization.
+
+The check reads the loss, not the gradients: a scan of every gradient costs
+one extra pass over memory per phase, 4 % of a step of the dense pair on one
+CPU thread. A gradient can be non-finite while its loss is finite only through
+an overflow inside the backward pass; fp16 runs have the GradScaler's own
+gradient check for that, and weights that turn non-finite in any other run
+stop it at the next log line or checkpoint (see Trainer), before they are saved.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from torch import nn
 
 from distgan.augment import AugmentParams, DiffAugment
@@ -76,9 +85,9 @@ def run_model(module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | No
 
 
 @contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Turn off requires_grad for the parameters of `module` inside the block."""
-    parameters = [p for p in module.parameters() if p.requires_grad]
+def frozen(module: nn.Module | list[nn.Parameter]) -> Iterator[None]:
+    """Turn off requires_grad for the parameters of `module` (or for a list of parameters) inside the block."""
+    parameters = [p for p in (module if isinstance(module, list) else module.parameters()) if p.requires_grad]
     for parameter in parameters:
         parameter.requires_grad_(False)
     try:
@@ -88,13 +97,18 @@ def frozen(module: nn.Module) -> Iterator[None]:
             parameter.requires_grad_(True)
 
 
-def gradients_finite(module: nn.Module) -> torch.Tensor:
-    """Return a 0-dim bool tensor on the device: whether every gradient of `module` is finite."""
-    gradients = [p.grad for p in module.parameters() if p.grad is not None]
-    if not gradients:
-        return torch.ones((), dtype=torch.bool)
-    norms = torch._foreach_norm(gradients)
-    return torch.isfinite(torch.stack(norms).sum())
+def nonfinite(values: list[torch.Tensor]) -> torch.Tensor:
+    """Return a 0-dim float tensor on the device: 1.0 when any of the 0-dim `values` is NaN or Inf, else 0.0.
+
+    The result has the form of fused Adam's `found_inf` input.
+    """
+    value = values[0] if len(values) == 1 else torch.stack(values)
+    return torch.isfinite(value).all().logical_not().float()
+
+
+def mean_over(values: list[torch.Tensor]) -> torch.Tensor:
+    """Return the mean of a list of 0-dim tensors (the micro-batches of a step), with no op for one value."""
+    return values[0] if len(values) == 1 else torch.stack(values).mean()
 
 
 class AdversarialStep:
@@ -108,6 +122,9 @@ class AdversarialStep:
         self.G, self.D = G, D
         self.G_inner = accelerator.unwrap_model(G)
         self.D_inner = accelerator.unwrap_model(D)
+        # Parameter objects stay the same for the life of a run; listing them once saves a module walk per use.
+        self.G_parameters = list(self.G_inner.parameters())
+        self.D_parameters = list(self.D_inner.parameters())
         self.opt_G, self.opt_D = opt_G, opt_D
         self.loss = loss
         self.penalties = penalties
@@ -116,23 +133,42 @@ class AdversarialStep:
         self.conditional = conditional
         # With a GradScaler (fp16) the scaler finds overflowing gradients and skips the step itself.
         self.uses_scaler = accelerator.scaler is not None
+        self._zeros: torch.Tensor | None = None
+        self._columns: torch.Tensor | None = None
+        # Without a scaler or XLA, Accelerate's backward and optimizer step reduce to the plain torch
+        # calls, and calling those directly saves the wrappers' per-call checks (an importlib lookup
+        # in each optimizer step of Accelerate 1.16).
+        self.plain_calls = not self.uses_scaler and accelerator.distributed_type != DistributedType.XLA
+        self.distributed = accelerator.num_processes > 1
 
     def _sync(self, model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext() if last else self.accelerator.no_sync(model)
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.plain_calls:
+            loss.backward()
+        else:
+            self.accelerator.backward(loss)
+
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+        """Step `optimizer` unless `skip` (0-dim float, 1.0 = skip) is set, then clear its gradients."""
         inner = getattr(optimizer, "optimizer", optimizer)
         if self.uses_scaler:
-            optimizer.step()
-        elif inner.defaults.get("fused"):
-            inner.found_inf = skip.float()
-            try:
+            # The GradScaler checks the gradients for overflow itself; a non-finite loss skips before it.
+            if not bool(skip):
                 optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return
+        stepper = inner if self.plain_calls else optimizer
+        if inner.defaults.get("fused"):
+            inner.found_inf = skip
+            try:
+                stepper.step()
             finally:
                 del inner.found_inf
         elif not bool(skip):  # an optimizer without found_inf support needs the flag on the host
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            stepper.step()
+        stepper.zero_grad(set_to_none=True)
 
     def _labels(self, batch: MicroBatch) -> torch.Tensor | None:
         return batch.labels if self.conditional else None
@@ -140,12 +176,19 @@ class AdversarialStep:
     def _augmented(self, images: torch.Tensor, params: AugmentParams | None) -> torch.Tensor:
         return images if self.augment is None or params is None else self.augment(images, params)
 
-    def discriminator_phase(self, step: int, batches: list[MicroBatch]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Update D on real and fake samples; return (statistics [6], skip flag)."""
+    def discriminator_phase(self, step: int, batches: list[MicroBatch]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Update D on real and fake samples.
+
+        Return the statistics [Loss/D, mean real logit, mean fake logit, R1, GP]
+        as 0-dim tensors averaged over the micro-batches, and the skip flag
+        (0-dim float, 1.0 when the gradients were not finite).
+        """
         count = len(batches)
         r1_now = self.penalties.r1_gamma > 0 and step % self.penalties.r1_every == 0
         gp_now = self.loss.gradient_penalty and self.penalties.gp_weight > 0
-        stats = torch.zeros(6, device=batches[0].real.device)
+        zero = self._zero(batches[0].real.device)
+        columns: list[list[torch.Tensor]] = [[], [], [], [], []]
+        totals = []
         for index, batch in enumerate(batches):
             with self._sync(self.D, index == count - 1):
                 labels = self._labels(batch)
@@ -160,7 +203,7 @@ class AdversarialStep:
                 logits = run_model(self.D, torch.cat(inputs), all_labels).float().split(len(real))
                 loss_D = self.loss.d_loss(logits[0], logits[1])
                 total = loss_D
-                r1 = gp = torch.zeros((), device=stats.device)
+                r1 = gp = zero
                 if r1_now:
                     # Lazy regularization: every r1_every steps, with the weight scaled by r1_every.
                     r1 = r1_penalty(logits[0], real)
@@ -168,34 +211,49 @@ class AdversarialStep:
                 if gp_now:
                     gp = wgan_gradient_penalty(logits[2], inputs[2])
                     total = total + self.penalties.gp_weight * gp
-                self.accelerator.backward(total / count)
-            stats += torch.stack([loss_D, stats.new_zeros(()), logits[0].mean(), logits[1].mean(), r1, gp]).detach() / count
-        skip = ~gradients_finite(self.D_inner)
+                self._backward(total if count == 1 else total / count)
+                totals.append(total.detach())
+            with torch.no_grad():
+                for column, value in zip(columns, (loss_D, logits[0].mean(), logits[1].mean(), r1, gp)):
+                    column.append(value.detach())
+        skip = self._any_rank(nonfinite(totals))
         self._optimizer_step(self.opt_D, skip)
-        return stats, skip
+        return [mean_over(column) for column in columns], skip
 
     def generator_phase(self, step: int, batches: list[MicroBatch], skip_D: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """Update G against the D of this step; return (mean G loss, skip flag). A skipped D phase skips G too."""
         count = len(batches)
-        loss_sum = torch.zeros((), device=batches[0].real.device)
         if self.uses_scaler and bool(skip_D):
-            return loss_sum, skip_D
-        with frozen(self.D_inner):
+            return self._zero(batches[0].real.device), skip_D
+        losses = []
+        with frozen(self.D_parameters):
             for index, batch in enumerate(batches):
                 with self._sync(self.G, index == count - 1):
                     labels = self._labels(batch)
                     fake = self._augmented(run_model(self.G, batch.z_G, labels), batch.augment_fake_G)
                     loss_G = self.loss.g_loss(run_model(self.D_inner, fake, labels).float())
-                    self.accelerator.backward(loss_G / count)
-                loss_sum += loss_G.detach() / count
-        skip = skip_D | ~gradients_finite(self.G_inner)
+                    self._backward(loss_G if count == 1 else loss_G / count)
+                losses.append(loss_G.detach())
+        skip = torch.maximum(skip_D, self._any_rank(nonfinite(losses)))
         self._optimizer_step(self.opt_G, skip)
-        return loss_sum, skip
+        return mean_over(losses), skip
+
+    def _any_rank(self, flag: torch.Tensor) -> torch.Tensor:
+        """Return `flag` (0.0 or 1.0) as the maximum over all ranks, so that every rank skips alike."""
+        if self.distributed:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag
+
+    def _zero(self, device: torch.device) -> torch.Tensor:
+        """A shared 0-dim zero on `device` for statistics that a step does not compute (never written to)."""
+        if self._zeros is None or self._zeros.device != device:
+            self._zeros = torch.zeros((), device=device)
+        return self._zeros
 
     # NOTE: fp16 runs only on GPUs under Accelerate, so the CPU test suite never enters the retry loop.
-    def _retry_on_overflow(self, optimizer: torch.optim.Optimizer, phase: Callable[[], tuple[torch.Tensor, torch.Tensor]]
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _retry_on_overflow(self, optimizer: torch.optim.Optimizer, phase: Callable[[], tuple[Any, torch.Tensor]]
+                           ) -> tuple[Any, torch.Tensor]:
         """Run a phase; with a GradScaler, repeat it at the lowered scale while its optimizer step was skipped.
 
         An overflow is not progress: the phase runs again on the same inputs, up
@@ -205,9 +263,10 @@ class AdversarialStep:
             return phase()
         for _ in range(MAX_OVERFLOW_RETRIES):
             stats, skip = phase()
-            if not optimizer.step_was_skipped and not bool(skip):
+            # A non-finite loss is not an overflow of the gradient scale: retrying would not change it.
+            if bool(skip) or not optimizer.step_was_skipped:
                 return stats, skip
-        return stats, torch.ones((), dtype=torch.bool, device=stats.device)
+        return stats, torch.ones_like(skip)
 
     def run(self, step: int, batches: list[MicroBatch]) -> torch.Tensor:
         """Run both phases and the EMA update; return the step's statistics (see STAT_NAMES) on the device.
@@ -220,9 +279,17 @@ class AdversarialStep:
         loss_G, skip = self._retry_on_overflow(self.opt_G, lambda: self.generator_phase(step, batches, skip_D))
         if self.G_ema is not None:
             self.G_ema.update(self.G_inner, step, skip)
-        good, good_D = (~skip).float(), (~skip_D).float()
         r1_step = float(self.penalties.r1_gamma > 0 and step % self.penalties.r1_every == 0)
-        # torch.where instead of a product, so that NaN statistics of a skipped phase do not leak into the sums.
-        sums = torch.where(skip_D, torch.zeros_like(stats_D), stats_D)
-        sums[1] = torch.where(skip, torch.zeros_like(loss_G), loss_G)
-        return torch.cat([sums, torch.stack([good, good_D * r1_step, 1.0 - good, good_D])])
+        with torch.no_grad():
+            values = torch.stack([stats_D[0], loss_G, *stats_D[1:]])
+            flags = torch.stack([skip_D, skip])
+            # A skipped phase contributes 0 to the sums: torch.where, so that its NaN statistics do not leak in.
+            sums = torch.where(flags[self._flag_columns(values.device)] > 0, 0.0, values)
+            good, good_D = 1.0 - skip, 1.0 - skip_D
+            return torch.cat([sums, torch.stack([good, good_D * r1_step, skip, good_D])])
+
+    def _flag_columns(self, device: torch.device) -> torch.Tensor:
+        """Index into (skip_D, skip) for each statistics column: only Loss/G follows the G phase's flag."""
+        if self._columns is None or self._columns.device != device:
+            self._columns = torch.tensor([0, 1, 0, 0, 0, 0], device=device)
+        return self._columns

@@ -241,6 +241,7 @@ class Trainer:
                                        world_size=world_size, device=self.device, end_step=cfg.steps,
                                        num_workers=cfg.num_workers, micro_batches=cfg.grad_accum)
         self._skip_streak = torch.zeros((), device=self.device)
+        self._weights_checked_at = start_step  # the last step whose weights were found finite
         self._streak_start = torch.zeros((), device=self.device)
         return start_step
 
@@ -378,9 +379,9 @@ class Trainer:
     # Logging, samples and checkpoints.
 
     def _check_skip_streak(self, step: int) -> None:
-        """Stop the run when the last max_skipped_steps steps or more all had non-finite gradients.
+        """Stop the run when the last max_skipped_steps steps or more all had non-finite losses.
 
-        Every rank has the same streak because it comes from all-reduced gradients, so
+        Every rank has the same streak because each skip decision is all-reduced, so
         all ranks stop at the same step and none waits in a collective.
         """
         streak = int(self._skip_streak.item())
@@ -389,13 +390,33 @@ class Trainer:
             first = int(self._streak_start.item())
             raise TrainingError(
                 f"training stopped at step {step}: steps {first} to {step} ({streak} in a row) all had non-finite "
-                f"losses or gradients and were skipped (max_skipped_steps = {limit}). No non-finite update was "
+                f"losses and were skipped (max_skipped_steps = {limit}). No non-finite update was "
                 "applied to any weight, and the latest checkpoint is intact. Lower the learning rates, check the data, or use "
                 "--mixed-precision no."
             )
 
+    def _nonfinite_weights(self) -> torch.Tensor:
+        """Return [G, D] on the device: 1.0 for a model with a NaN or Inf parameter or buffer, else 0.0."""
+        flags = []
+        for module in (self.G_inner, self.D_inner):
+            tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+            flags.append(torch.stack([torch.isfinite(t).all() for t in tensors]).all().logical_not().float())
+        return torch.stack(flags)
+
     def _log(self, step: int, sums: torch.Tensor, images_per_second: float) -> dict[str, float]:
-        totals = self.accelerator.reduce(sums, reduction="mean").tolist()
+        # The weight check joins the reduction that logging does anyway, so every rank gets every rank's result.
+        reduced = self.accelerator.reduce(torch.cat([sums, self._nonfinite_weights()]), reduction="mean").tolist()
+        totals, weights_bad = reduced[:len(STAT_NAMES)], reduced[len(STAT_NAMES):]
+        bad = [name for name, flag in zip(("G", "D"), weights_bad) if flag > 0]
+        if bad:
+            raise TrainingError(
+                f"training stopped at step {step}: the weights or buffers of {' and '.join(bad)} turned NaN or Inf "
+                f"after step {self._weights_checked_at}, while every applied step had a finite loss (a gradient "
+                "that overflowed in the backward pass, or a buffer updated from non-finite values). Nothing "
+                "non-finite was saved, and the latest checkpoint is intact. Lower the learning rates, check the "
+                "data, or check a custom model's backward pass."
+            )
+        self._weights_checked_at = step
         # An interval of skipped steps only has no losses: NaN, written as null in metrics.jsonl.
         good = totals[GOOD_COUNT] or float("nan")
         good_D = totals[D_COUNT] or float("nan")

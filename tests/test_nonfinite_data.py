@@ -33,8 +33,8 @@ def test_nan_samples_on_main_rank_skip_step_everywhere(tmp_path: Path):
 
 
 def test_nonfinite_weights_stop_every_rank_at_save(tmp_path: Path):
-    # A buffer of G turns NaN during step 3; the save of step 4 must refuse it on the main process.
-    result = launch_script("nonfinite_data.py", str(tmp_path), "buffer", "2", cwd=tmp_path)
+    # A buffer of G turns NaN during step 3; with no log line before it, the save of step 4 must refuse it.
+    result = launch_script("nonfinite_data.py", str(tmp_path), "buffer", "2", "10", cwd=tmp_path)
     assert result.returncode != 0
     assert "error: rank 0: refusing to save step 4: G has non-finite values in calls" in result.stderr
     assert "error: rank 1: the main process could not save the checkpoint of step 4" in result.stderr
@@ -42,6 +42,33 @@ def test_nonfinite_weights_stop_every_rank_at_save(tmp_path: Path):
     assert checkpoints == ["step-0000002"]
     saved = load_file(tmp_path / "run" / "checkpoints" / "step-0000002" / "G.safetensors")
     assert all(torch.isfinite(tensor).all() for tensor in saved.values())
+
+
+def test_nonfinite_buffer_stops_every_rank_at_log_line(tmp_path: Path):
+    # The same NaN buffer, with a log line after every step: the log line of step 3 stops every rank.
+    result = launch_script("nonfinite_data.py", str(tmp_path), "buffer", "2", "1", cwd=tmp_path)
+    assert result.returncode != 0
+    for rank in (0, 1):
+        assert (f"error: rank {rank}: training stopped at step 3: the weights or buffers of G turned NaN or Inf "
+                "after step 2") in result.stderr
+    checkpoints = sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["step-0000002"]
+
+
+def test_inf_gradient_finite_loss_stops_run(tmp_path: Path):
+    # G's gradients turn Inf in step 5 while every loss stays finite. The update is applied (the skip
+    # decision reads the losses), so the log line of step 5 stops both ranks before the save of step 6.
+    result = launch_script("nonfinite_data.py", str(tmp_path), "gradient", "4", cwd=tmp_path)
+    assert result.returncode != 0
+    for rank in (0, 1):
+        assert (f"error: rank {rank}: training stopped at step 5: the weights or buffers of G turned NaN or Inf "
+                "after step 4") in result.stderr
+    run = tmp_path / "run"
+    assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
+    assert [row["Train/skipped_steps"] for row in rows(run)] == [0, 0, 0, 0]
+    for name in ("G", "D"):
+        saved = load_file(run / "checkpoints" / "step-0000004" / f"{name}.safetensors")
+        assert all(torch.isfinite(tensor).all() for tensor in saved.values())
 
 
 def test_nan_generator_phase_keeps_d_update():

@@ -3,7 +3,8 @@
 Arguments: output folder, then a mode:
 
     data RANK FIRST COUNT   rank RANK's real samples contain NaN at step indices FIRST to FIRST + COUNT - 1
-    buffer STEP             a buffer of G becomes NaN on every rank at step index STEP; gradients stay finite
+    buffer STEP LOG_EVERY   a buffer of G becomes NaN on every rank at step index STEP; gradients stay finite
+    gradient STEP           G's backward pass returns Inf gradients on every rank at step index STEP; losses stay finite
 
 Each rank writes its final G and D weights to G_rank{i}.safetensors and
 D_rank{i}.safetensors and prints a DistganError as `error: rank {i}: ...`.
@@ -76,6 +77,36 @@ class NaNBuffer(nn.Module):
         return self.base(z)
 
 
+class InfGradient(torch.autograd.Function):
+    """Identity forward; the backward pass returns Inf, as a gradient that overflowed would."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(grad, float("inf"))
+
+
+class InfGradientAt(nn.Module):
+    """Wrap a generator whose gradients turn Inf at one step, while its outputs and losses stay finite."""
+
+    def __init__(self, base: nn.Module, bad_step: int) -> None:
+        super().__init__()
+        self.base = base
+        self.bad_step = bad_step
+        self.calls = 0
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        samples = self.base(z)
+        if torch.is_grad_enabled():  # one call with gradients per step, in the G phase
+            self.calls += 1
+            if self.calls == self.bad_step + 1:
+                samples = InfGradient.apply(samples)
+        return samples
+
+
 class RecordingTrainer(Trainer):
     def close(self) -> None:
         if "G_inner" not in self.__dict__:  # set-up failed before the models existed
@@ -88,15 +119,18 @@ class RecordingTrainer(Trainer):
 
 
 def main() -> None:
-    config, data = small_config(out / "run", steps=10, checkpoint_every=2, max_skipped_steps=3)
+    log_every = values[1] if mode == "buffer" else 1
+    config, data = small_config(out / "run", steps=10, checkpoint_every=2, max_skipped_steps=3, log_every=log_every)
     architecture = default_architecture("dense", "points", [2], config.z_dim, config.width)
     G, D = build_generator(architecture), build_discriminator(architecture)
     if mode == "data":
         bad_rank, first, count = values
         fields = {field.name: getattr(data, field.name) for field in dataclasses.fields(DataSet)}
         data = NaNData(**fields, bad_rank=bad_rank, first=first, count=count)
-    else:
+    elif mode == "buffer":
         G = NaNBuffer(G, values[0])
+    else:
+        G = InfGradientAt(G, values[0])
     RecordingTrainer(config, data, generator=G, discriminator=D).fit()
 
 
