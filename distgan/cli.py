@@ -104,6 +104,7 @@ def train(
     steps: Annotated[Optional[int], typer.Option(help="Total training steps (one D and one G update each); default 3,000 for images, 40,000 for 2D data.")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help=f"Micro-batches per optimizer step; each step trains on grad_accum x batch_size samples; default {_default('grad_accum')}.")] = None,
     sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn", metavar="", help="BatchNorm statistics over the global batch of all processes instead of each process's share.")] = None,
+    fsdp: Annotated[Optional[bool], typer.Option("--fsdp", metavar="", help="Shard G, D, G_ema and the optimizer states over all processes with FSDP (torch's fully_shard); on by itself under an Accelerate FSDP config.")] = None,
     r1_gamma: Annotated[Optional[float], typer.Option(help="Weight gamma of the R1 penalty on real data; 0 turns it off; default: per loss and data kind, see the README.")] = None,
     r1_every: Annotated[Optional[int], typer.Option(help=f"Steps between R1 penalties (lazy regularization, weight scaled to match); default {_default('r1_every')}.")] = None,
     gp_weight: Annotated[Optional[float], typer.Option(help=f"Weight of the gradient penalty of --loss wgan-gp; default {_default('gp_weight')}.")] = None,

@@ -52,6 +52,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_accum: int = 1
     sync_bn: bool = False
+    fsdp: bool = False
     r1_gamma: float | None = None  # None: the default of the loss and data kind (see losses.default_r1_gamma)
     r1_every: int = 16
     gp_weight: float = 10.0

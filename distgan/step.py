@@ -14,12 +14,13 @@ when either phase was; when only its G phase was, the finite D update stays
 applied. With fused Adam the skip happens on the device (its `found_inf`
 input), without a host synchronization.
 
-The check reads the loss, not the gradients: a scan of every gradient costs
-one extra pass over memory per phase, 4 % of a step of the dense pair on one
-CPU thread. A gradient can be non-finite while its loss is finite only through
-an overflow inside the backward pass; fp16 runs have the GradScaler's own
-gradient check for that, and weights that turn non-finite in any other run
-stop it at the next log line or checkpoint (see Trainer), before they are saved.
+The check reads the loss, not the gradients, because a scan of every
+gradient costs one extra pass over memory per phase (4 % of a step of the
+dense pair on one CPU thread). A gradient can be non-finite while its loss
+is finite only through an overflow inside the backward pass. fp16 runs have
+the GradScaler's own gradient check for that. In other runs, weights that
+turn non-finite stop the run at the next log line or checkpoint (see
+Trainer), before they are saved.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from distgan.augment import AugmentParams, DiffAugment
 from distgan.ema import GeneratorEMA
 from distgan.losses import AdversarialLoss
 from distgan.penalties import interpolate, r1_penalty, wgan_gradient_penalty
+from distgan.sharding import is_sharded, reshard_all
 
 # Positions in the statistics vector that a step returns. Loss/G is a sum over good steps, the D
 # entries a sum over steps whose D phase was applied; SKIPPED and the *_COUNT entries are counts.
@@ -117,7 +119,11 @@ class AdversarialStep:
     def __init__(self, accelerator: Accelerator, G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer,
                  opt_D: torch.optim.Optimizer, loss: AdversarialLoss, penalties: Penalties,
                  G_ema: GeneratorEMA | None = None, augment: DiffAugment | None = None,
-                 conditional: bool = False) -> None:
+                 conditional: bool = False, autocast: bool = False) -> None:
+        """`autocast` runs the forward passes under Accelerate's mixed-precision autocast and returns float32.
+
+        Models that Accelerate prepared have that in their forward already, so it is for sharded models.
+        """
         self.accelerator = accelerator
         self.G, self.D = G, D
         self.G_inner = accelerator.unwrap_model(G)
@@ -131,6 +137,8 @@ class AdversarialStep:
         self.G_ema = G_ema
         self.augment = augment
         self.conditional = conditional
+        self.autocast = autocast and accelerator.mixed_precision != "no"
+        self.D_sharded = is_sharded(self.D_inner)
         # With a GradScaler (fp16) the scaler finds overflowing gradients and skips the step itself.
         self.uses_scaler = accelerator.scaler is not None
         self._zeros: torch.Tensor | None = None
@@ -170,6 +178,12 @@ class AdversarialStep:
             stepper.step()
         stepper.zero_grad(set_to_none=True)
 
+    def _forward(self, module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if not self.autocast:
+            return run_model(module, inputs, labels)
+        with self.accelerator.autocast():
+            return run_model(module, inputs, labels).float()
+
     def _labels(self, batch: MicroBatch) -> torch.Tensor | None:
         return batch.labels if self.conditional else None
 
@@ -181,7 +195,7 @@ class AdversarialStep:
 
         Return the statistics [Loss/D, mean real logit, mean fake logit, R1, GP]
         as 0-dim tensors averaged over the micro-batches, and the skip flag
-        (0-dim float, 1.0 when the gradients were not finite).
+        (0-dim float, 1.0 when the loss was not finite on some rank).
         """
         count = len(batches)
         r1_now = self.penalties.r1_gamma > 0 and step % self.penalties.r1_every == 0
@@ -189,18 +203,23 @@ class AdversarialStep:
         zero = self._zero(batches[0].real.device)
         columns: list[list[torch.Tensor]] = [[], [], [], [], []]
         totals = []
+        keep_gathered = self.D_sharded and (r1_now or gp_now)
+        if keep_gathered:
+            # A penalty's input gradient is a first backward pass through D, and FSDP would free D's gathered
+            # weights after it, while the second (the loss's) still needs them.
+            self.D_inner.set_reshard_after_backward(False)
         for index, batch in enumerate(batches):
             with self._sync(self.D, index == count - 1):
                 labels = self._labels(batch)
                 with torch.no_grad():
-                    fake = run_model(self.G, batch.z_D, labels)
+                    fake = self._forward(self.G, batch.z_D, labels)
                 # R1 differentiates with respect to the real images before augmentation.
                 real = batch.real.detach().requires_grad_(r1_now)
                 inputs = [self._augmented(real, batch.augment_real), self._augmented(fake, batch.augment_fake_D)]
                 if gp_now:
                     inputs.append(interpolate(inputs[0].detach(), inputs[1], batch.mix).requires_grad_(True))
                 all_labels = None if labels is None else labels.repeat(len(inputs))
-                logits = run_model(self.D, torch.cat(inputs), all_labels).float().split(len(real))
+                logits = self._forward(self.D, torch.cat(inputs), all_labels).float().split(len(real))
                 loss_D = self.loss.d_loss(logits[0], logits[1])
                 total = loss_D
                 r1 = gp = zero
@@ -216,6 +235,9 @@ class AdversarialStep:
             with torch.no_grad():
                 for column, value in zip(columns, (loss_D, logits[0].mean(), logits[1].mean(), r1, gp)):
                     column.append(value.detach())
+        if keep_gathered:
+            self.D_inner.set_reshard_after_backward(True)
+            reshard_all(self.D_inner)
         skip = self._any_rank(nonfinite(totals))
         self._optimizer_step(self.opt_D, skip)
         return [mean_over(column) for column in columns], skip
@@ -231,8 +253,8 @@ class AdversarialStep:
             for index, batch in enumerate(batches):
                 with self._sync(self.G, index == count - 1):
                     labels = self._labels(batch)
-                    fake = self._augmented(run_model(self.G, batch.z_G, labels), batch.augment_fake_G)
-                    loss_G = self.loss.g_loss(run_model(self.D_inner, fake, labels).float())
+                    fake = self._augmented(self._forward(self.G, batch.z_G, labels), batch.augment_fake_G)
+                    loss_G = self.loss.g_loss(self._forward(self.D_inner, fake, labels).float())
                     self._backward(loss_G if count == 1 else loss_G / count)
                 losses.append(loss_G.detach())
         skip = torch.maximum(skip_D, self._any_rank(nonfinite(losses)))

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedType, InitProcessGroupKwargs
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, parse_flag_from_env
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -59,6 +59,7 @@ from distgan.performance import apply_speed_options
 from distgan.retention import prune_checkpoints
 from distgan.run import CONFIG_FILE, release_run_dir
 from distgan.seeding import derive_seed, global_latents, local_rows, make_generator, seed_device_rng
+from distgan.sharding import check_sharding, gather_model, gather_optimizer, load_model, load_optimizer, local, shard
 from distgan.step import (D_COUNT, GOOD_COUNT, R1_COUNT, SKIPPED, STAT_NAMES, AdversarialStep, MicroBatch, Penalties,
                           run_model)
 from distgan.tracking import JsonlTracker, truncate_metrics
@@ -69,7 +70,7 @@ SAMPLE_GRID_SIZE = 64  # images in each samples/step-NNNNNNN.png
 SAMPLE_POINTS = 2000  # points in each scatter plot of a 2D run
 # NOTE: FSDP and DeepSpeed would need a sharded EMA, sharded optimizer checkpoints and a G phase
 # that gathers D's shards. None of that exists yet, and Accelerate enables them only on GPUs.
-UNSUPPORTED_DISTRIBUTED_TYPES = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+UNSUPPORTED_DISTRIBUTED_TYPES = (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
 # Status codes that the main process sends to the other ranks after a save (see distributed.broadcast_status).
 SAVE_OK, SAVE_FAILED_CONTINUE, SAVE_FAILED_STOP = 0, 1, 2
 
@@ -196,7 +197,8 @@ class Trainer:
         if accelerator.distributed_type in UNSUPPORTED_DISTRIBUTED_TYPES:
             raise ConfigError(
                 f"Accelerate is configured for {accelerator.distributed_type.value}, which distgan does not support: "
-                "it trains G and D as two DDP models. Use a DDP config such as launch/multi_gpu.yaml."
+                "it trains G and D as two DDP or two FSDP models. Use a config such as launch/multi_gpu.yaml "
+                "or launch/fsdp.yaml."
             )
         world_size = accelerator.num_processes
         if cfg.batch_size % world_size:
@@ -205,14 +207,29 @@ class Trainer:
         if accelerator.mixed_precision == "fp16" and self.device.type == "cpu":
             raise ConfigError("--mixed-precision fp16 needs a GPU: on the CPU Accelerate applies neither fp16 "
                               "autocast nor a GradScaler, so the run would silently be float32. Use bf16 or no.")
-        cfg = self.config = cfg.replace(mixed_precision=accelerator.mixed_precision)
+        # An Accelerate FSDP config turns sharding on; the resolved config records it for resume. On CPU
+        # processes Accelerate 1.16 ignores the config's FSDP setting, so its launcher's variable is read too.
+        fsdp = (cfg.fsdp or accelerator.distributed_type == DistributedType.FSDP
+                or parse_flag_from_env("ACCELERATE_USE_FSDP"))
+        cfg = self.config = cfg.replace(mixed_precision=accelerator.mixed_precision, fsdp=fsdp)
+        if fsdp:
+            check_sharding(cfg, world_size)
 
         G, D, self.architecture = self._build_models()
         self._check_shapes(G, D)
         self.G_ema = GeneratorEMA(G, cfg.ema_decay) if cfg.ema else None
         apply_speed_options(cfg, G, D, self.G_ema)
-        opt_G, opt_D = self._optimizer(G, cfg.lr_g), self._optimizer(D, cfg.lr_d)
-        self.G, self.D, self.opt_G, self.opt_D = accelerator.prepare(G, D, opt_G, opt_D)
+        if cfg.fsdp:
+            # Sharded models are not wrapped by Accelerate (see distgan.sharding); the optimizers are made
+            # after fully_shard, which replaces the parameters with sharded ones.
+            for module in (G, D, self.G_ema.module if self.G_ema is not None else None):
+                if module is not None:
+                    shard(module, self.device, world_size)
+            self.G, self.D = G, D
+            self.opt_G, self.opt_D = self._optimizer(G, cfg.lr_g), self._optimizer(D, cfg.lr_d)
+        else:
+            opt_G, opt_D = self._optimizer(G, cfg.lr_g), self._optimizer(D, cfg.lr_d)
+            self.G, self.D, self.opt_G, self.opt_D = accelerator.prepare(G, D, opt_G, opt_D)
         self.G_inner = accelerator.unwrap_model(self.G)
         self.D_inner = accelerator.unwrap_model(self.D)
         loss = get_loss(cfg.loss)
@@ -220,7 +237,8 @@ class Trainer:
         policy = parse_policy(cfg.augment)
         self.augment = DiffAugment(policy, self.data.sample_shape[-1]) if policy else None
         self.step_runner = AdversarialStep(accelerator, self.G, self.D, self.opt_G, self.opt_D, loss, penalties,
-                                           self.G_ema, self.augment, conditional=self.num_classes > 0)
+                                           self.G_ema, self.augment, conditional=self.num_classes > 0,
+                                           autocast=cfg.fsdp)
 
         if accelerator.is_main_process:
             # No save is running yet, so every temporary here was left by an interrupted one.
@@ -399,7 +417,7 @@ class Trainer:
         """Return [G, D] on the device: 1.0 for a model with a NaN or Inf parameter or buffer, else 0.0."""
         flags = []
         for module in (self.G_inner, self.D_inner):
-            tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+            tensors = [local(t) for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
             flags.append(torch.stack([torch.isfinite(t).all() for t in tensors]).all().logical_not().float())
         return torch.stack(flags)
 
@@ -433,7 +451,8 @@ class Trainer:
         return metrics
 
     def _write_samples(self, step: int) -> None:
-        if not self.accelerator.is_main_process:
+        # Sharded models run their forward pass on every process together; the main process writes the grid.
+        if not self.accelerator.is_main_process and not self.config.fsdp:
             return
         cfg = self.config
         count = SAMPLE_GRID_SIZE if self.data.kind == "image" else SAMPLE_POINTS
@@ -453,6 +472,8 @@ class Trainer:
         with torch.no_grad():
             samples = run_model(generator, z, labels).float().cpu().numpy()
         generator.train(was_training)
+        if not self.accelerator.is_main_process:
+            return
         try:
             if self.data.kind == "image":
                 save_grid(samples, path, columns)
@@ -471,15 +492,13 @@ class Trainer:
         run go on (except at the last step, whose checkpoint is the result).
         """
         accelerator = self.accelerator
-        # get_state_dict gathers sharded weights, so every rank takes part.
-        models = {"G": accelerator.get_state_dict(self.G), "D": accelerator.get_state_dict(self.D)}
-        if self.G_ema is not None:
-            models["G_ema"] = self.G_ema.state_dict()
+        # Gathering sharded weights and optimizer states is a collective, so every rank takes part.
+        models, optimizers = self._gather_state()
         failure: TrainingError | CheckpointError | None = None
         status = SAVE_OK
         if accelerator.is_main_process:
             try:
-                self._write_checkpoint(step, models)
+                self._write_checkpoint(step, models, optimizers)
             except (TrainingError, CheckpointError) as error:
                 failure = error
                 may_continue = (isinstance(error, CheckpointError) and self.config.on_save_error == "continue"
@@ -497,7 +516,23 @@ class Trainer:
             raise TrainingError(f"the main process could not save the checkpoint of step {step}; "
                                 "its error message gives the cause")
 
-    def _write_checkpoint(self, step: int, models: dict[str, dict[str, torch.Tensor]]) -> None:
+    def _gather_state(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, Any]]]:
+        """Return the model and optimizer state dicts to save; full tensors on the main process."""
+        if not self.config.fsdp:
+            models = {"G": self.accelerator.get_state_dict(self.G), "D": self.accelerator.get_state_dict(self.D)}
+            if self.G_ema is not None:
+                models["G_ema"] = self.G_ema.state_dict()
+            optimizers = {"optimizer_G": self.opt_G.state_dict(), "optimizer_D": self.opt_D.state_dict()}
+            return models, optimizers
+        models = {"G": gather_model(self.G), "D": gather_model(self.D)}
+        if self.G_ema is not None:
+            models["G_ema"] = gather_model(self.G_ema.module)
+        optimizers = {"optimizer_G": gather_optimizer(self.G, self.opt_G),
+                      "optimizer_D": gather_optimizer(self.D, self.opt_D)}
+        return models, optimizers
+
+    def _write_checkpoint(self, step: int, models: dict[str, dict[str, torch.Tensor]],
+                          optimizers: dict[str, dict[str, Any]]) -> None:
         """Check the weights, write the checkpoint and apply the retention. Main process only."""
         accelerator = self.accelerator
         for name, state in models.items():
@@ -506,10 +541,9 @@ class Trainer:
             if bad:
                 raise TrainingError(f"refusing to save step {step}: {name} has non-finite values in "
                                     f"{', '.join(bad[:5])}; the latest checkpoint is intact")
-        optimizers = {"optimizer_G": self.opt_G.state_dict(), "optimizer_D": self.opt_D.state_dict()}
         if accelerator.scaler is not None:
             optimizers["scaler"] = accelerator.scaler.state_dict()
-        extra = {"distgan_version": __version__, "world_size": accelerator.num_processes}
+        extra = {"distgan_version": __version__, "world_size": accelerator.num_processes, "fsdp": self.config.fsdp}
         record = self._generator_record(step)
         path = save_checkpoint(self.run_dir, step, models, optimizers, record, record["weights"], extra)
         logger.info("saved checkpoint %s", path)
@@ -519,13 +553,27 @@ class Trainer:
         models, optimizers, state = load_checkpoint(path)
         if self.G_ema is not None and "G_ema" not in models:
             raise CheckpointError(f"checkpoint {path} has no G_ema weights; resume with --no-ema")
+        if bool(state.get("fsdp", False)) != self.config.fsdp:
+            written, now = ("with", "without") if state.get("fsdp") else ("without", "with")
+            raise CheckpointError(f"checkpoint {path} was written {written} FSDP, and this run trains {now} it; "
+                                  "their optimizer states differ in layout. Resume with the launch config and "
+                                  "--fsdp setting of the run that wrote it")
         try:
-            self.G_inner.load_state_dict(models["G"])
-            self.D_inner.load_state_dict(models["D"])
-            if self.G_ema is not None:
-                self.G_ema.load_state_dict(models["G_ema"])
-            self.opt_G.load_state_dict(optimizers["optimizer_G"])
-            self.opt_D.load_state_dict(optimizers["optimizer_D"])
+            if self.config.fsdp:
+                load_model(self.G, models["G"])
+                load_model(self.D, models["D"])
+                if self.G_ema is not None:
+                    load_model(self.G_ema.module, models["G_ema"])
+                    self.G_ema.averaged.n_averaged.fill_(1)
+                load_optimizer(self.G, self.opt_G, optimizers["optimizer_G"])
+                load_optimizer(self.D, self.opt_D, optimizers["optimizer_D"])
+            else:
+                self.G_inner.load_state_dict(models["G"])
+                self.D_inner.load_state_dict(models["D"])
+                if self.G_ema is not None:
+                    self.G_ema.load_state_dict(models["G_ema"])
+                self.opt_G.load_state_dict(optimizers["optimizer_G"])
+                self.opt_D.load_state_dict(optimizers["optimizer_D"])
             if self.accelerator.scaler is not None and "scaler" in optimizers:
                 self.accelerator.scaler.load_state_dict(optimizers["scaler"])
         # load_state_dict raises RuntimeError for other shapes or names and ValueError or KeyError for

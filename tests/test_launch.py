@@ -16,7 +16,8 @@ SCRIPTS = [LAUNCH / "multi_node.sh", LAUNCH / "slurm.sbatch"]
 
 
 def test_every_config_is_present():
-    assert {path.name for path in CONFIGS} == {"cpu.yaml", "single_gpu.yaml", "multi_gpu.yaml", "multi_node.yaml"}
+    assert {path.name for path in CONFIGS} == {"cpu.yaml", "single_gpu.yaml", "multi_gpu.yaml", "multi_node.yaml",
+                                               "fsdp.yaml"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
