@@ -273,7 +273,7 @@ class AdversarialStep:
             self._zeros = torch.zeros((), device=device)
         return self._zeros
 
-    # NOTE: fp16 runs only on GPUs under Accelerate, so the CPU test suite never enters the retry loop.
+    # NOTE: tests drive this loop on the CPU with a real GradScaler; fp16 autocast itself runs only on GPUs.
     def _retry_on_overflow(self, optimizer: torch.optim.Optimizer, phase: Callable[[], tuple[Any, torch.Tensor]]
                            ) -> tuple[Any, torch.Tensor]:
         """Run a phase; with a GradScaler, repeat it at the lowered scale while its optimizer step was skipped.
