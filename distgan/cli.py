@@ -98,7 +98,7 @@ def train(
     model: Annotated[Optional[str], typer.Option(help="auto, dense or dcgan; auto picks dcgan for images, dense for 2D.")] = None,
     resolution: Annotated[Optional[int], typer.Option(help="Image side in pixels; default: 28 for mnist, 64 for folders.")] = None,
     channels: Annotated[Optional[int], typer.Option(help="1 (grayscale) or 3 (RGB).")] = None,
-    z_dim: Annotated[Optional[int], typer.Option(help="Latent size; default 64 for images, 8 for 2D data.")] = None,
+    z_dim: Annotated[Optional[int], typer.Option(help="Latent size; default 64 for images, 2 for 2D data.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Base layer width of G and D; default 64 (dcgan), 256 (dense).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch size, split evenly over all processes; default 64 for images, 256 for 2D data.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Total training steps (one D and one G update each); default 3,000 for images, 40,000 for 2D data.")] = None,

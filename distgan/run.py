@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.toml"
 LOCK_FILE = ".lock"
 _held_locks: dict[Path, int] = {}  # run directory -> open file descriptor of its lock
-DEFAULT_Z_DIM = {"image": 64, "points": 8}
+DEFAULT_Z_DIM = {"image": 64, "points": 2}
 RESUME_MODES = ("auto", "latest", "never")
 # Options left unset take these values per data kind. The 2D mixtures need more steps, larger batches
 # and faster learning rates than images to cover their modes; BENCHMARKS.md has the measurements.
