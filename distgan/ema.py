@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from distgan.sharding import local
+
 
 def warmup_decay(decay: float, updates: int) -> float:
     """Return the EMA decay used for update number `updates` (counted from 0)."""
@@ -33,6 +35,8 @@ class GeneratorEMA:
     @torch.no_grad()
     def _update(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _count: torch.Tensor) -> None:
         if torch.is_floating_point(averaged[0]):
+            # Sharded (FSDP) parameters update their local shards, in place, beside plain buffers.
+            averaged, current = [local(t) for t in averaged], [local(t) for t in current]
             # averaged += rate * (current - averaged), with the rate 0 on a skipped step.
             differences = torch._foreach_sub(current, averaged)
             torch._foreach_mul_(differences, self._rate.to(averaged[0].dtype))

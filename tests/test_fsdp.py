@@ -87,6 +87,18 @@ def test_fsdp_wgan_gp_accumulation_matches_ddp(tmp_path: Path):
         assert difference < 1e-5, f"{name}: relative difference {difference:.2e} between FSDP and DDP"
 
 
+def test_fsdp_dcgan_sync_bn_matches_ddp(tmp_path: Path):
+    # Width 32: the larger convolutions (131,072 weights) are units of their own. G_ema averages BatchNorm
+    # buffers, which stay plain tensors beside the sharded parameters.
+    common = ["train", "--cpu", "--model", "dcgan", "--width", "32", "--sync-bn", "--batch-size", "16", "--steps", "4",
+              "--log-every", "2", "--sample-every", "0"]
+    assert_ok(launch_distgan(*common, "--out", "ddp", cwd=tmp_path))
+    assert_ok(launch_distgan(*common, "--fsdp", "--out", "fsdp", cwd=tmp_path))
+    for name in ("G", "D", "G_ema"):
+        difference = max_relative_difference(weights(tmp_path / "fsdp", 4, name), weights(tmp_path / "ddp", 4, name))
+        assert difference < 1e-5, f"{name}: relative difference {difference:.2e} between FSDP and DDP"
+
+
 def test_fsdp_config_file_turns_sharding_on(tmp_path: Path):
     command = [str(BIN / "accelerate"), "launch", "--config_file", str(LAUNCH / "fsdp.yaml"), "--num_processes", "2",
                "--main_process_port", str(free_port()), "-m", "distgan", "train", "--cpu", "--data", "ring8",
