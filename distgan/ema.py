@@ -68,5 +68,9 @@ class GeneratorEMA:
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.averaged.module.load_state_dict(state_dict)
+        self.mark_loaded()
+
+    def mark_loaded(self) -> None:
+        """Record that the average holds loaded weights, for a caller that loaded them into `module` itself."""
         # A loaded average is no longer the first update, which would copy instead of average.
         self.averaged.n_averaged.fill_(1)

@@ -268,7 +268,7 @@ class AdversarialStep:
         return flag
 
     def _zero(self, device: torch.device) -> torch.Tensor:
-        """A shared 0-dim zero on `device` for statistics that a step does not compute (never written to)."""
+        """Return a shared 0-dim zero on `device` for statistics that a step does not compute (never written to)."""
         if self._zeros is None or self._zeros.device != device:
             self._zeros = torch.zeros((), device=device)
         return self._zeros

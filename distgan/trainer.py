@@ -564,7 +564,7 @@ class Trainer:
                 load_model(self.D, models["D"])
                 if self.G_ema is not None:
                     load_model(self.G_ema.module, models["G_ema"])
-                    self.G_ema.averaged.n_averaged.fill_(1)
+                    self.G_ema.mark_loaded()
                 load_optimizer(self.G, self.opt_G, optimizers["optimizer_G"])
                 load_optimizer(self.D, self.opt_D, optimizers["optimizer_D"])
             else:

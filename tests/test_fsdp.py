@@ -19,19 +19,29 @@ GRID = ["train", "--cpu", "--data", "grid25", "--batch-size", "32", "--log-every
         "--lr-decay-start", "1", "--r1-every", "2"]
 
 
+def assert_same_weights(fsdp: Path, ddp: Path, step: int) -> None:
+    """Check that the FSDP run's G, D and G_ema at `step` match the DDP run's within 1e-5 (relative)."""
+    for name in ("G", "D", "G_ema"):
+        difference = max_relative_difference(weights(fsdp, step, name), weights(ddp, step, name))
+        assert difference < 1e-5, f"{name}: relative difference {difference:.2e} between FSDP and DDP"
+
+
+def train_both_ways(common: list[str], cwd: Path) -> None:
+    """Train `common` with DDP into cwd/ddp and with FSDP into cwd/fsdp."""
+    assert_ok(launch_distgan(*common, "--out", "ddp", cwd=cwd))
+    assert_ok(launch_distgan(*common, "--fsdp", "--out", "fsdp", cwd=cwd))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same 6-step run with DDP (ddp) and with FSDP (fsdp), checkpointed at steps 3 and 6."""
     root = tmp_path_factory.mktemp("fsdp")
-    assert_ok(launch_distgan(*GRID, "--steps", "6", "--checkpoint-every", "3", "--out", "ddp", cwd=root))
-    assert_ok(launch_distgan(*GRID, "--steps", "6", "--checkpoint-every", "3", "--fsdp", "--out", "fsdp", cwd=root))
+    train_both_ways([*GRID, "--steps", "6", "--checkpoint-every", "3"], root)
     return root
 
 
 def test_fsdp_matches_ddp(runs: Path):
-    for name in ("G", "D", "G_ema"):
-        difference = max_relative_difference(weights(runs / "fsdp", 6, name), weights(runs / "ddp", 6, name))
-        assert difference < 1e-5, f"{name}: relative difference {difference:.2e} between FSDP and DDP"
+    assert_same_weights(runs / "fsdp", runs / "ddp", 6)
     # The runs really trained: the weights moved away from step 3.
     assert max_relative_difference(weights(runs / "fsdp", 6, "G"), weights(runs / "fsdp", 3, "G")) > 1e-3
 
@@ -80,11 +90,8 @@ def test_fsdp_run_exports(runs: Path):
 def test_fsdp_wgan_gp_accumulation_matches_ddp(tmp_path: Path):
     common = ["train", "--cpu", "--data", "grid25", "--batch-size", "32", "--grad-accum", "2", "--loss", "wgan-gp",
               "--steps", "4", "--log-every", "2", "--sample-every", "0", "--lr-decay-start", "1"]
-    assert_ok(launch_distgan(*common, "--out", "ddp", cwd=tmp_path))
-    assert_ok(launch_distgan(*common, "--fsdp", "--out", "fsdp", cwd=tmp_path))
-    for name in ("G", "D", "G_ema"):
-        difference = max_relative_difference(weights(tmp_path / "fsdp", 4, name), weights(tmp_path / "ddp", 4, name))
-        assert difference < 1e-5, f"{name}: relative difference {difference:.2e} between FSDP and DDP"
+    train_both_ways(common, tmp_path)
+    assert_same_weights(tmp_path / "fsdp", tmp_path / "ddp", 4)
 
 
 def test_fsdp_dcgan_sync_bn_matches_ddp(tmp_path: Path):
@@ -92,11 +99,8 @@ def test_fsdp_dcgan_sync_bn_matches_ddp(tmp_path: Path):
     # buffers, which stay plain tensors beside the sharded parameters.
     common = ["train", "--cpu", "--model", "dcgan", "--width", "32", "--sync-bn", "--batch-size", "16", "--steps", "4",
               "--log-every", "2", "--sample-every", "0"]
-    assert_ok(launch_distgan(*common, "--out", "ddp", cwd=tmp_path))
-    assert_ok(launch_distgan(*common, "--fsdp", "--out", "fsdp", cwd=tmp_path))
-    for name in ("G", "D", "G_ema"):
-        difference = max_relative_difference(weights(tmp_path / "fsdp", 4, name), weights(tmp_path / "ddp", 4, name))
-        assert difference < 1e-5, f"{name}: relative difference {difference:.2e} between FSDP and DDP"
+    train_both_ways(common, tmp_path)
+    assert_same_weights(tmp_path / "fsdp", tmp_path / "ddp", 4)
 
 
 def test_fsdp_config_file_turns_sharding_on(tmp_path: Path):
