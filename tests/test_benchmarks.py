@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from conftest import LAUNCH_TIMEOUT, assert_ok, assert_user_error, run_distgan
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -190,3 +192,18 @@ def test_mixture_sweep_script(tmp_path: Path):
     for line in lines:
         assert 0 <= line["G_ema"]["modes"] <= 8
         assert 0.0 <= line["G"]["high quality %"] <= 100.0
+
+
+def test_mixture_sweep_options_and_points(tmp_path: Path):
+    points = tmp_path / "points.npy"
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "mixture_sweep.py"), "--steps", "4", "--eval-every", "4",
+                             "--width", "8", "--depth", "2", "--d-steps", "2", "--top-k", "0.5",
+                             "--save-points", str(points)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert_ok(result)
+    (line,) = [json.loads(text) for text in result.stdout.splitlines()]
+    assert line["step"] == 4
+    assert 0 <= line["G_ema"]["modes"] <= 25
+    saved = np.load(points)
+    assert saved.shape == (10_000, 2)
+    assert np.isfinite(saved).all()

@@ -14,7 +14,7 @@ def test_defaults_validate():
 
 
 @pytest.mark.parametrize(("data", "expected"), [
-    ("mnist", {"batch_size": 64, "steps": 3000, "lr_g": 2e-4, "lr_d": 2e-4, "r1_gamma": 0.1}),
+    ("mnist", {"batch_size": 64, "steps": 3000, "lr_g": 1e-3, "lr_d": 1e-3, "r1_gamma": 0.1}),
     ("grid25", {"batch_size": 256, "steps": 40000, "lr_g": 5e-4, "lr_d": 5e-4, "r1_gamma": 0.1}),
 ])
 def test_defaults_per_data_kind(data: str, expected: dict):

@@ -82,7 +82,7 @@ def test_accelerate_cpu_launcher_single_process_is_rejected(tmp_path: Path):
 
 def test_compile_and_channels_last_match_plain_run(tmp_path: Path):
     common = ["train", "--cpu", "--steps", "2", "--batch-size", "8", "--width", "8", "--resolution", "16",
-              "--log-every", "1", "--sample-every", "0"]
+              "--lr-g", "2e-4", "--lr-d", "2e-4", "--log-every", "1", "--sample-every", "0"]
     assert_ok(run_distgan(*common, "--out", "plain", cwd=tmp_path))
     assert_ok(run_distgan(*common, "--out", "fast", "--compile", "--channels-last", cwd=tmp_path))
     config = (tmp_path / "fast" / "config.toml").read_text()
