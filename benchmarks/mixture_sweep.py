@@ -55,10 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--depth", type=int, default=3, help="Hidden layers of G and D (default: %(default)s).")
     parser.add_argument("--d-steps", type=int, default=1, help="D updates per G update (default: %(default)s).")
     parser.add_argument("--top-k", type=float, default=1.0,
-                        help="Fraction of the fakes, those D rates highest, that G's loss uses (default: %(default)s).")
+                        help="Fraction of the fakes that G's loss uses, those with D's highest logits (default: %(default)s).")
     parser.add_argument("--beta1", type=float, default=0.5)
     parser.add_argument("--beta2", type=float, default=0.999)
-    parser.add_argument("--save-points", help="Write G_ema's last 10,000 points to this .npy file.")
+    parser.add_argument("--save-points", help="Write G_ema's 10,000 evaluation points after the last step to this .npy file.")
     parser.add_argument("--eval-every", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s).")
     return parser
