@@ -63,8 +63,8 @@ class TrainConfig:
     lr_g: float | None = None
     lr_d: float | None = None
     lr_decay_start: float | None = None  # fraction of steps; None: the default of the data kind
-    beta1: float = 0.5
-    beta2: float = 0.999
+    beta1: float | None = None  # None: the default of the data kind
+    beta2: float | None = None
     loss: str = "logistic"
     seed: int = 0
     mixed_precision: str | None = None
@@ -231,7 +231,7 @@ def validate(config: TrainConfig) -> None:
              f"got {config.lr_decay_start}")
     for key in ("beta1", "beta2", "ema_decay"):
         value = getattr(config, key)
-        _require(0.0 <= value < 1.0, f"{option(key)} must be in [0, 1), got {value}")
+        _require(value is None or 0.0 <= value < 1.0, f"{option(key)} must be in [0, 1), got {value}")
     _require(0 <= config.seed < 2**63, f"{option('seed')} must be in [0, 2**63), got {config.seed}")
     _require(bool(config.data), "data (--data) must name a built-in data set or a folder")
     if config.name is not None:
