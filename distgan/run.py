@@ -29,12 +29,12 @@ LOCK_FILE = ".lock"
 _held_locks: dict[Path, int] = {}  # run directory -> open file descriptor of its lock
 DEFAULT_Z_DIM = {"image": 64, "points": 2}
 RESUME_MODES = ("auto", "latest", "never")
-# Options left unset take these values per data kind. The 2D mixtures need more steps, larger batches
-# and a decaying learning rate to cover their modes and leave few samples between them. Images
-# learn several times faster per step with learning rates 1e-3 and Adam betas (0, 0.99), the
-# setting of StyleGAN2, than with DCGAN's 2e-4 and (0.5, 0.999), with R1 on by default. On the
-# mixtures, betas (0, 0.99) find fewer modes in the same steps. BENCHMARKS.md has the measurements.
-# NOTE: the image settings were measured on the 28-pixel MNIST digits only. Larger images use them untested.
+# Options left unset take these values per data kind (BENCHMARKS.md has the measurements). The 2D
+# mixtures need more steps, larger batches and a decaying learning rate to cover their modes and leave
+# few samples between them. With R1 on, images learn several times faster per step with learning rates
+# 1e-3 and Adam betas (0, 0.99) than with DCGAN's 2e-4 and (0.5, 0.999), but those betas make the
+# mixtures find fewer modes in the same number of steps.
+# NOTE: the image settings were measured on 28-pixel MNIST digits only. Larger images use them untested.
 KIND_DEFAULTS: dict[str, dict[str, int | float]] = {
     "image": {"batch_size": 64, "steps": 3000, "lr_g": 1e-3, "lr_d": 1e-3, "lr_decay_start": 1.0,
               "beta1": 0.0, "beta2": 0.99},

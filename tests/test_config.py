@@ -14,8 +14,10 @@ def test_defaults_validate():
 
 
 @pytest.mark.parametrize(("data", "expected"), [
-    ("mnist", {"batch_size": 64, "steps": 3000, "lr_g": 1e-3, "lr_d": 1e-3, "r1_gamma": 0.1}),
-    ("grid25", {"batch_size": 256, "steps": 40000, "lr_g": 5e-4, "lr_d": 5e-4, "r1_gamma": 0.1}),
+    ("mnist", {"batch_size": 64, "steps": 3000, "lr_g": 1e-3, "lr_d": 1e-3, "r1_gamma": 0.1,
+               "beta1": 0.0, "beta2": 0.99}),
+    ("grid25", {"batch_size": 256, "steps": 40000, "lr_g": 5e-4, "lr_d": 5e-4, "r1_gamma": 0.1,
+                "beta1": 0.5, "beta2": 0.999}),
 ])
 def test_defaults_per_data_kind(data: str, expected: dict):
     from distgan.data import open_data
@@ -25,10 +27,12 @@ def test_defaults_per_data_kind(data: str, expected: dict):
     resolved = resolve_config(config, open_data(data, None, None))
     for key, value in expected.items():
         assert getattr(resolved, key) == value, key
-    explicit = resolve_config(build_config(None, {"data": data, "batch_size": 8, "r1_gamma": 2.0}),
+    explicit = resolve_config(build_config(None, {"data": data, "batch_size": 8, "r1_gamma": 2.0, "beta1": 0.3}),
                               open_data(data, None, None))
     assert explicit.batch_size == 8
     assert explicit.r1_gamma == 2.0
+    assert explicit.beta1 == 0.3
+    assert explicit.beta2 == expected["beta2"]  # an unset beta keeps the default of the data kind
 
 
 def test_toml_file_and_overrides(tmp_path: Path):
