@@ -46,6 +46,7 @@ class TrainConfig:
     channels: int | None = None
     z_dim: int | None = None
     width: int | None = None
+    depth: int | None = None  # extra 3x3 convolutions per resolution of the dcgan pair; None: models.DEFAULT_DEPTH
     batch_size: int | None = None  # None: the default of the data kind (see run.KIND_DEFAULTS)
     steps: int | None = None
     ema: bool = True
@@ -216,6 +217,7 @@ def validate(config: TrainConfig) -> None:
     for key in ("resolution", "channels", "z_dim", "width"):
         value = getattr(config, key)
         _require(value is None or value >= 1, f"{option(key)} must be at least 1, got {value}")
+    _require(config.depth is None or config.depth >= 0, f"{option('depth')} must be 0 or more, got {config.depth}")
     _require(config.channels in (None, 1, 3), f"{option('channels')} must be 1 or 3, got {config.channels}")
     for key in ("r1_gamma", "gp_weight"):
         value = getattr(config, key)
@@ -280,5 +282,12 @@ def save_toml(config: TrainConfig, path: str | Path) -> None:
 
 
 def load_saved(path: str | Path) -> TrainConfig:
-    """Read a config.toml written by save_toml()."""
-    return TrainConfig(**load_toml(path))
+    """Read a config.toml written by save_toml().
+
+    A dcgan run saved without a depth was written before the option existed,
+    when the pair had no extra convolutions, so its depth is 0.
+    """
+    values = load_toml(path)
+    if values.get("model") == "dcgan":
+        values.setdefault("depth", 0)
+    return TrainConfig(**values)

@@ -122,7 +122,7 @@ class Trainer:
             architecture = {"model": "custom", "class": f"{G_class.__module__}.{G_class.__qualname__}"}
         else:
             architecture = default_architecture(cfg.model, self.data.kind, self.data.sample_shape, cfg.z_dim,
-                                                cfg.width, self.num_classes)
+                                                cfg.width, self.num_classes, cfg.depth or 0)
             G, D = build_generator(architecture), build_discriminator(architecture)
         if cfg.spectral_norm:
             D = apply_spectral_norm(D)

@@ -14,10 +14,10 @@ def test_defaults_validate():
 
 
 @pytest.mark.parametrize(("data", "expected"), [
-    ("mnist", {"batch_size": 64, "steps": 3000, "lr_g": 1e-3, "lr_d": 1e-3, "r1_gamma": 0.1,
-               "beta1": 0.0, "beta2": 0.99}),
+    ("mnist", {"batch_size": 128, "steps": 3500, "lr_g": 5e-4, "lr_d": 5e-4, "r1_gamma": 0.1,
+               "beta1": 0.0, "beta2": 0.99, "model": "dcgan", "depth": 1}),
     ("grid25", {"batch_size": 256, "steps": 40000, "lr_g": 5e-4, "lr_d": 5e-4, "r1_gamma": 0.1,
-                "beta1": 0.5, "beta2": 0.999}),
+                "beta1": 0.5, "beta2": 0.999, "model": "dense", "depth": None}),
 ])
 def test_defaults_per_data_kind(data: str, expected: dict):
     from distgan.data import open_data
@@ -85,6 +85,7 @@ def test_malformed_values(tmp_path: Path, text: str, fragment: str):
         ({"lr_d": -1.0}, "lr_d (--lr-d) must be a positive learning rate"),
         ({"beta2": 1.0}, "beta2 (--beta2) must be in [0, 1)"),
         ({"channels": 2}, "channels (--channels) must be 1 or 3"),
+        ({"depth": -1}, "depth (--depth) must be 0 or more, got -1"),
         ({"mixed_precision": "fp8"}, "invalid mixed_precision (--mixed-precision) 'fp8'"),
         ({"sample_every": -1}, "sample_every (--sample-every) must be 0 (off) or more"),
     ],
@@ -104,6 +105,24 @@ def test_toml_round_trip(tmp_path: Path):
     config = TrainConfig(data='folder "with quotes"', name="x", steps=7, lr_g=3e-4, ema=False)
     save_toml(config, tmp_path / "config.toml")
     assert load_saved(tmp_path / "config.toml") == config
+
+
+def test_depth_rejected_for_dense_model():
+    from distgan.data import open_data
+    from distgan.run import resolve_config
+
+    assert resolve_config(build_config(None, {"depth": 0}), open_data("mnist", None, None)).depth == 0
+    with pytest.raises(ConfigError, match="--depth sets the extra convolutions of the dcgan model, but this run uses "
+                                          "the dense model; remove --depth"):
+        resolve_config(build_config(None, {"data": "ring8", "depth": 2}), open_data("ring8", None, None))
+
+
+def test_load_saved_dcgan_without_depth(tmp_path: Path):
+    path = tmp_path / "config.toml"
+    path.write_text('model = "dcgan"\nwidth = 64\n')  # a run saved before depth was a key
+    assert load_saved(path).depth == 0
+    path.write_text('model = "dense"\nwidth = 256\n')
+    assert load_saved(path).depth is None
 
 
 def test_resume_allows_only_resumable_changes():

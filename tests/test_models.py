@@ -28,6 +28,28 @@ def test_image_pairs_shapes(model, shape):
     assert list(D(images).shape) == [5]
 
 
+@pytest.mark.parametrize("depth", [0, 2])
+def test_dcgan_depth_adds_convolutions(depth):
+    record = default_architecture("dcgan", "image", [1, 28, 28], z_dim=8, width=8, depth=depth)
+    assert record["generator"]["depth"] == record["discriminator"]["depth"] == depth
+    G, D = build_generator(record), build_discriminator(record)
+    refine = [m for m in [*G.modules(), *D.modules()] if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(refine) == 2 * 2 * depth  # after G's projection and upsampling, after D's two downsamplings
+    images = G(torch.randn(3, 8))
+    assert list(images.shape) == [3, 1, 28, 28]
+    assert list(D(images).shape) == [3]
+
+
+def test_dcgan_record_without_depth():
+    record = default_architecture("dcgan", "image", [1, 28, 28], z_dim=8, width=8)
+    assert record["generator"]["depth"] == 1  # the default
+    for network in ("generator", "discriminator"):
+        del record[network]["depth"]  # a record saved before depth was a key
+    plain = default_architecture("dcgan", "image", [1, 28, 28], z_dim=8, width=8, depth=0)
+    assert build_generator(record).state_dict().keys() == build_generator(plain).state_dict().keys()
+    assert build_discriminator(record).state_dict().keys() == build_discriminator(plain).state_dict().keys()
+
+
 def test_dense_points_output_is_unbounded():
     record = default_architecture("dense", "points", [2], z_dim=4, width=8)
     G = build_generator(record)

@@ -64,14 +64,28 @@ def test_resume_is_exact_on_one_process(tmp_path: Path):
             assert (straight[key] == split[key]).all(), f"{name}.{key} differs after resume"
 
 
+def test_resume_run_saved_without_depth(tmp_path: Path):
+    common = ["train", "--cpu", "--batch-size", "8", "--width", "8", "--log-every", "2", "--checkpoint-every", "2",
+              "--sample-every", "0", "--out", "run"]
+    assert_ok(run_distgan(*common, "--steps", "2", "--depth", "0", cwd=tmp_path))
+    config = tmp_path / "run" / "config.toml"
+    # A run written before depth was a key has no such line, and its checkpoints contain the plain pair.
+    config.write_text("".join(line for line in config.read_text().splitlines(True) if not line.startswith("depth")))
+    assert_ok(run_distgan(*common, "--steps", "4", cwd=tmp_path))
+    assert (tmp_path / "run" / "checkpoints" / "step-0000004").is_dir()
+    assert "depth = 0" in config.read_text()
+
+
 def test_resume_never_refuses_existing_checkpoints(mnist_run: Path, tmp_path: Path):
     result = run_distgan("train", "--steps", "2", "--out", str(mnist_run), "--resume", "never", cwd=tmp_path)
     assert_user_error(result, "already contains a run with checkpoints up to step 6", "--resume auto")
 
 
 def test_resume_auto_rejects_other_architecture(mnist_run: Path, tmp_path: Path):
-    result = run_distgan("train", "--steps", "8", "--width", "32", "--out", str(mnist_run), cwd=tmp_path)
-    assert_user_error(result, "cannot change 'width' from 64 to 32 when resuming", "another --out")
+    result = run_distgan("train", "--steps", "8", "--width", "16", "--out", str(mnist_run), cwd=tmp_path)
+    assert_user_error(result, "cannot change 'width' from 32 to 16 when resuming", "another --out")
+    result = run_distgan("train", "--steps", "8", "--depth", "0", "--out", str(mnist_run), cwd=tmp_path)
+    assert_user_error(result, "cannot change 'depth' from 1 to 0 when resuming", "another --out")
 
 
 def test_accelerate_cpu_launcher_single_process_is_rejected(tmp_path: Path):

@@ -5,6 +5,11 @@ then doubles the resolution n times with stride-2 transposed convolutions,
 BatchNorm and ReLU, ending in tanh. The discriminator mirrors it with stride-2
 convolutions and LeakyReLU(0.2), and a final base x base convolution gives one
 logit. The resolution must be base * 2**n with base in 4..7 and n >= 1.
+`depth` adds that many 3x3 stride-1 convolutions, which keep the size of the
+map, after every hidden layer: after G's projection and each of its
+upsamplings but the output layer (with BatchNorm and ReLU), and after each of
+D's downsamplings (with LeakyReLU). With depth 0 the pair is the DCGAN of the
+paper.
 With num_classes > 0 both are class-conditional (see
 distgan.models.conditioning): D's projection reads the flattened base x base
 feature map that its last convolution reads.
@@ -38,6 +43,17 @@ def plan_resolution(resolution: int) -> tuple[int, int]:
     return base, n
 
 
+def _refine(width: int, depth: int, norm: bool) -> list[nn.Module]:
+    """Return `depth` 3x3 convolutions that keep the width and size of a feature map, each with its activation."""
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        if norm:
+            layers += [nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        else:
+            layers += [nn.Conv2d(width, width, 3, 1, 1), nn.LeakyReLU(LEAKY_SLOPE)]
+    return layers
+
+
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, INIT_STD)
@@ -54,7 +70,8 @@ class DCGANGenerator(nn.Module):
     The images lie in [-1, 1].
     """
 
-    def __init__(self, z_dim: int, channels: int, resolution: int, width: int = 64, num_classes: int = 0) -> None:
+    def __init__(self, z_dim: int, channels: int, resolution: int, width: int = 64, num_classes: int = 0,
+                 depth: int = 0) -> None:
         super().__init__()
         base, n = plan_resolution(resolution)
         widths = [width * 2 ** (n - 1 - i) for i in range(n)]
@@ -63,9 +80,11 @@ class DCGANGenerator(nn.Module):
             nn.ConvTranspose2d(z_dim + self.condition.out_features, widths[0], base, 1, 0, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(),
+            *_refine(widths[0], depth, norm=True),
         ]
         for width_in, width_out in zip(widths, widths[1:]):
             layers += [nn.ConvTranspose2d(width_in, width_out, 4, 2, 1, bias=False), nn.BatchNorm2d(width_out), nn.ReLU()]
+            layers += _refine(width_out, depth, norm=True)
         layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         self.apply(_init_weights)
@@ -77,14 +96,16 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
     """Map images [B, channels, resolution, resolution] (and labels int64 [B] with num_classes > 0) to logits [B]."""
 
-    def __init__(self, channels: int, resolution: int, width: int = 64, num_classes: int = 0) -> None:
+    def __init__(self, channels: int, resolution: int, width: int = 64, num_classes: int = 0, depth: int = 0) -> None:
         super().__init__()
         self.num_classes = num_classes
         base, n = plan_resolution(resolution)
         widths = [width * 2**i for i in range(n)]
         layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(LEAKY_SLOPE)]
+        layers += _refine(widths[0], depth, norm=False)
         for width_in, width_out in zip(widths, widths[1:]):
             layers += [nn.Conv2d(width_in, width_out, 4, 2, 1), nn.LeakyReLU(LEAKY_SLOPE)]
+            layers += _refine(width_out, depth, norm=False)
         layers.append(nn.Conv2d(widths[-1], 1, base, 1, 0))
         self.net = nn.Sequential(*layers)
         self.projection = Projection(num_classes, widths[-1] * base * base) if num_classes else None
