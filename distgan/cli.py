@@ -100,7 +100,7 @@ def train(
     channels: Annotated[Optional[int], typer.Option(help="1 (grayscale) or 3 (RGB).")] = None,
     z_dim: Annotated[Optional[int], typer.Option(help="Latent size; default 64 for images, 2 for 2D data.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Base layer width of G and D; default 32 (dcgan), 256 (dense).")] = None,
-    depth: Annotated[Optional[int], typer.Option(help="Extra 3x3 convolutions after each hidden layer of the dcgan pair; default 1; 0 gives the DCGAN of the paper.")] = None,
+    depth: Annotated[Optional[int], typer.Option(help="Extra 3x3 convolutions after each hidden layer of the dcgan pair, 0 to 16; default 1; 0 gives the DCGAN of the paper.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch size, split evenly over all processes; default 128 for images, 256 for 2D data.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Total training steps (one D and one G update each); default 3,500 for images, 40,000 for 2D data.")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help=f"Micro-batches per optimizer step; each step trains on grad_accum x batch_size samples; default {_default('grad_accum')}.")] = None,

@@ -28,6 +28,8 @@ SAVE_ERROR_POLICIES = ("stop", "continue")
 CONFIG_HEADER = "# Resolved configuration of this run, written by distgan."
 AUGMENT_TRANSFORMS = ("color", "translation", "cutout")  # the DiffAugment transforms of distgan.augment
 
+MAX_DEPTH = 16  # a bound on --depth, so that a mistyped value fails at once instead of filling the memory
+
 # Options that may change when a run resumes; every other key must match the saved run.
 RESUMABLE_KEYS = ("steps", "log_every", "sample_every", "checkpoint_every", "num_workers", "cpu",
                   "max_skipped_steps", "compile", "channels_last", "keep_checkpoints", "on_save_error",
@@ -217,7 +219,8 @@ def validate(config: TrainConfig) -> None:
     for key in ("resolution", "channels", "z_dim", "width"):
         value = getattr(config, key)
         _require(value is None or value >= 1, f"{option(key)} must be at least 1, got {value}")
-    _require(config.depth is None or config.depth >= 0, f"{option('depth')} must be 0 or more, got {config.depth}")
+    _require(config.depth is None or 0 <= config.depth <= MAX_DEPTH,
+             f"{option('depth')} must be between 0 and {MAX_DEPTH}, got {config.depth}")
     _require(config.channels in (None, 1, 3), f"{option('channels')} must be 1 or 3, got {config.channels}")
     for key in ("r1_gamma", "gp_weight"):
         value = getattr(config, key)

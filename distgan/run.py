@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from distgan.checkpoint import CHECKPOINTS, latest_checkpoint, list_checkpoints
-from distgan.config import CONFIG_HEADER, TrainConfig, build_config, load_saved, load_toml, resumed_config
+from distgan.config import CONFIG_HEADER, TrainConfig, build_config, load_saved, load_toml, option, resumed_config
 from distgan.data import DataSet, open_data
 from distgan.data.mixtures import MIXTURES
 from distgan.errors import CheckpointError, ConfigError
@@ -85,8 +85,8 @@ def resolve_config(config: TrainConfig, data: DataSet) -> TrainConfig:
     check_data_options(config, data)
     model = default_model(data.kind) if config.model == "auto" else config.model
     if config.depth is not None and model != "dcgan":
-        raise ConfigError(f"--depth sets the extra convolutions of the dcgan model, but this run uses the {model} model; "
-                          "remove --depth, or pass --model dcgan for images")
+        raise ConfigError(f"{option('depth')} sets the extra convolutions of the dcgan model, but this run uses the "
+                          f"{model} model; remove it, or pass --model dcgan for images")
     depth = None  # the dense pair has no depth option
     if model == "dcgan":
         depth = DEFAULT_DEPTH if config.depth is None else config.depth

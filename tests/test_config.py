@@ -85,7 +85,8 @@ def test_malformed_values(tmp_path: Path, text: str, fragment: str):
         ({"lr_d": -1.0}, "lr_d (--lr-d) must be a positive learning rate"),
         ({"beta2": 1.0}, "beta2 (--beta2) must be in [0, 1)"),
         ({"channels": 2}, "channels (--channels) must be 1 or 3"),
-        ({"depth": -1}, "depth (--depth) must be 0 or more, got -1"),
+        ({"depth": -1}, "depth (--depth) must be between 0 and 16, got -1"),
+        ({"depth": 10**20}, "depth (--depth) must be between 0 and 16, got 100000000000000000000"),
         ({"mixed_precision": "fp8"}, "invalid mixed_precision (--mixed-precision) 'fp8'"),
         ({"sample_every": -1}, "sample_every (--sample-every) must be 0 (off) or more"),
     ],
@@ -112,8 +113,8 @@ def test_depth_rejected_for_dense_model():
     from distgan.run import resolve_config
 
     assert resolve_config(build_config(None, {"depth": 0}), open_data("mnist", None, None)).depth == 0
-    with pytest.raises(ConfigError, match="--depth sets the extra convolutions of the dcgan model, but this run uses "
-                                          "the dense model; remove --depth"):
+    with pytest.raises(ConfigError, match="depth \\(--depth\\) sets the extra convolutions of the dcgan model, but "
+                                          "this run uses the dense model; remove it"):
         resolve_config(build_config(None, {"data": "ring8", "depth": 2}), open_data("ring8", None, None))
 
 

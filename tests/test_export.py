@@ -155,16 +155,19 @@ def test_export_variants_and_uint8_through_cli(mnist_run: Path, tmp_path: Path):
         assert float(images_per_second) > 0
     assert "dtype=uint8" in result.stdout
     assert "layout=NHWC" in result.stdout
-    # The projection of z becomes a matrix product, the 128 -> 64 channel layer four Conv phases, and the
-    # 64 -> 1 channel layer a MatMul and Col2Im on those phases, so no DepthToSpace remains.
+    # The projection of z becomes a matrix product and the 64 -> 32 channel layer four Conv phases, which one
+    # DepthToSpace interleaves for the 3x3 convolution of --depth 1 after it. The 32 -> 1 channel layer
+    # becomes a MatMul and Col2Im.
     assert "the optimized variant has 3 ConvTranspose rewrite(s)" in result.stdout
     optimized_ops = [node.op_type for node in onnx.load(str(tmp_path / "g.optimized.onnx")).graph.node]
     assert "Gemm" in optimized_ops  # onnxruntime fuses MatMul + Add into Gemm
-    # onnxruntime fuses each phase's Conv with the Relu after it into its own FusedConv.
-    assert optimized_ops.count("Conv") + optimized_ops.count("FusedConv") == 4
+    # The four phases and the two 3x3 convolutions, into which onnxruntime folds their BatchNorm and
+    # fuses the Relu after them (FusedConv).
+    assert optimized_ops.count("Conv") + optimized_ops.count("FusedConv") == 6
+    assert "BatchNormalization" not in optimized_ops
     assert optimized_ops.count("Col2Im") == 1
     assert "ConvTranspose" not in optimized_ops
-    assert "DepthToSpace" not in optimized_ops
+    assert optimized_ops.count("DepthToSpace") == 1
 
     # The uint8 graph draws the same pixels as the float32 file converted in Python, within one level.
     z = np.random.default_rng(0).standard_normal((4, 64), dtype=np.float32)
