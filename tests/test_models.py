@@ -33,8 +33,8 @@ def test_dcgan_depth_adds_convolutions(depth):
     record = default_architecture("dcgan", "image", [1, 28, 28], z_dim=8, width=8, depth=depth)
     assert record["generator"]["depth"] == record["discriminator"]["depth"] == depth
     G, D = build_generator(record), build_discriminator(record)
-    refine = [m for m in [*G.modules(), *D.modules()] if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
-    assert len(refine) == 2 * 2 * depth  # after G's projection and upsampling, after D's two downsamplings
+    extra = [m for m in [*G.modules(), *D.modules()] if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(extra) == 2 * 2 * depth  # after G's projection and upsampling, after D's two downsamplings
     images = G(torch.randn(3, 8))
     assert list(images.shape) == [3, 1, 28, 28]
     assert list(D(images).shape) == [3]

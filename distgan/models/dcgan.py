@@ -43,7 +43,7 @@ def plan_resolution(resolution: int) -> tuple[int, int]:
     return base, n
 
 
-def _refine(width: int, depth: int, norm: bool) -> list[nn.Module]:
+def _extra_convolutions(width: int, depth: int, norm: bool) -> list[nn.Module]:
     """Return `depth` 3x3 convolutions that keep the width and size of a feature map, each with its activation."""
     layers: list[nn.Module] = []
     for _ in range(depth):
@@ -80,11 +80,11 @@ class DCGANGenerator(nn.Module):
             nn.ConvTranspose2d(z_dim + self.condition.out_features, widths[0], base, 1, 0, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(),
-            *_refine(widths[0], depth, norm=True),
+            *_extra_convolutions(widths[0], depth, norm=True),
         ]
         for width_in, width_out in zip(widths, widths[1:]):
             layers += [nn.ConvTranspose2d(width_in, width_out, 4, 2, 1, bias=False), nn.BatchNorm2d(width_out), nn.ReLU()]
-            layers += _refine(width_out, depth, norm=True)
+            layers += _extra_convolutions(width_out, depth, norm=True)
         layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         self.apply(_init_weights)
@@ -102,10 +102,10 @@ class DCGANDiscriminator(nn.Module):
         base, n = plan_resolution(resolution)
         widths = [width * 2**i for i in range(n)]
         layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(LEAKY_SLOPE)]
-        layers += _refine(widths[0], depth, norm=False)
+        layers += _extra_convolutions(widths[0], depth, norm=False)
         for width_in, width_out in zip(widths, widths[1:]):
             layers += [nn.Conv2d(width_in, width_out, 4, 2, 1), nn.LeakyReLU(LEAKY_SLOPE)]
-            layers += _refine(width_out, depth, norm=False)
+            layers += _extra_convolutions(width_out, depth, norm=False)
         layers.append(nn.Conv2d(widths[-1], 1, base, 1, 0))
         self.net = nn.Sequential(*layers)
         self.projection = Projection(num_classes, widths[-1] * base * base) if num_classes else None
