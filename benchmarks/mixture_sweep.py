@@ -9,10 +9,11 @@ step) schedule, so a run follows another path than `distgan train` with the
 same seed; the figures agree in level (82.1 % against distgan's 80.4 %
 high-quality samples after 20,000 steps of the earlier default on grid25).
 It prints one JSON line per evaluation: modes covered, high-quality percent
-and reverse KL of G_ema and of G on 10,000 samples. Three options try
-what distgan itself does not offer: --depth (hidden layers of both
-networks), --d-steps (D updates per G update) and --top-k (G's loss on the
-fraction of the fakes that D rates highest, after Sinha et al., 2020).
+and reverse KL of G_ema and of G on 10,000 samples. --depth sets the hidden
+layers of both networks as distgan's --depth does; two options try what
+distgan itself does not offer: --d-steps (D updates per G update) and
+--top-k (G's loss on the fraction of the fakes that D rates highest, after
+Sinha et al., 2020).
 
     python benchmarks/mixture_sweep.py --data grid25 --steps 40000 --decay-start 0.5
     python benchmarks/mixture_sweep.py --data ring8 --r1-gamma 1 --steps 20000
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--z-dim", type=int, default=2)
-    parser.add_argument("--depth", type=int, default=3, help="Hidden layers of G and D (default: %(default)s).")
+    parser.add_argument("--depth", type=int, default=3,
+                        help="Hidden layers of G and D (default: %(default)s, distgan's 2D default before it became 4).")
     parser.add_argument("--d-steps", type=int, default=1, help="D updates per G update (default: %(default)s).")
     parser.add_argument("--top-k", type=float, default=1.0,
                         help="Fraction of the fakes that G's loss uses, those with D's highest logits (default: %(default)s).")
@@ -78,8 +80,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     mixture = get_mixture(args.data)
-    record = default_architecture("dense", "points", [2], args.z_dim, args.width)
-    record["generator"]["hidden"] = record["discriminator"]["hidden"] = [args.width] * args.depth
+    record = default_architecture("dense", "points", [2], args.z_dim, args.width, depth=args.depth)
     G, D = build_generator(record), build_discriminator(record)
     G_ema = copy.deepcopy(G).requires_grad_(False)
     opt_G = torch.optim.Adam(G.parameters(), args.lr_g, betas=(args.beta1, args.beta2))

@@ -100,9 +100,9 @@ def train(
     channels: Annotated[Optional[int], typer.Option(help="1 (grayscale) or 3 (RGB).")] = None,
     z_dim: Annotated[Optional[int], typer.Option(help="Latent size; default 64 for images, 2 for 2D data.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Base layer width of G and D; default 32 (dcgan), 256 (dense).")] = None,
-    depth: Annotated[Optional[int], typer.Option(help="Extra 3x3 convolutions after each hidden layer of the dcgan pair, 0 to 16; default 1; 0 gives the DCGAN of the paper.")] = None,
+    depth: Annotated[Optional[int], typer.Option(help="dcgan: extra 3x3 convolutions after each hidden layer, 0 to 16, default 1 (0 gives the DCGAN of the paper); dense: hidden layers, 1 to 16, default 4 for 2D data, 3 for images.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch size, split evenly over all processes; default 128 for images, 256 for 2D data.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Total training steps (one D and one G update each); default 3,500 for images, 40,000 for 2D data.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Total training steps (one D and one G update each); default 3,500 for images, 60,000 for 2D data.")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help=f"Micro-batches per optimizer step; each step trains on grad_accum x batch_size samples; default {_default('grad_accum')}.")] = None,
     sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn", metavar="", help="BatchNorm statistics over the global batch of all processes instead of each process's share.")] = None,
     fsdp: Annotated[Optional[bool], typer.Option("--fsdp", metavar="", help="Shard G, D, G_ema and the optimizer states over all processes with FSDP (torch's fully_shard); on by itself under an Accelerate FSDP config.")] = None,
@@ -115,7 +115,7 @@ def train(
     max_skipped_steps: Annotated[Optional[int], typer.Option(help=f"Consecutive steps with non-finite losses after which training stops; 0 never stops; default {_default('max_skipped_steps')}.")] = None,
     lr_g: Annotated[Optional[float], typer.Option(help="Adam learning rate of G; default 5e-4.")] = None,
     lr_d: Annotated[Optional[float], typer.Option(help="Adam learning rate of D; default 5e-4.")] = None,
-    lr_decay_start: Annotated[Optional[float], typer.Option(help="Fraction of --steps after which both learning rates fall linearly towards 0 at the last step; 1 turns decay off; default 1 for images, 0.5 for 2D data.")] = None,
+    lr_decay_start: Annotated[Optional[float], typer.Option(help="Fraction of --steps after which both learning rates fall linearly towards 0 at the last step; 1 turns decay off; default 1 for images, 0.3 for 2D data.")] = None,
     beta1: Annotated[Optional[float], typer.Option(help="Adam beta1 of both optimizers; default 0 for images, 0.5 for 2D data.")] = None,
     beta2: Annotated[Optional[float], typer.Option(help="Adam beta2 of both optimizers; default 0.99 for images, 0.999 for 2D data.")] = None,
     loss: Annotated[Optional[str], typer.Option(help=f"logistic (non-saturating), hinge, lsgan or wgan-gp; default {_default('loss')}.")] = None,
@@ -139,12 +139,17 @@ def train(
     overrides = {key: value for key, value in locals().items() if key not in ("config", "resume")}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
-    from distgan.run import plan_run
+    from distgan.run import discard_empty_run_dir, plan_run
     from distgan.trainer import Trainer
 
     plan = plan_run(config, overrides, resume)
     try:
-        result = Trainer(plan.config, plan.data, resume_from=plan.resume_from).fit()
+        try:
+            result = Trainer(plan.config, plan.data, resume_from=plan.resume_from).fit()
+        except BaseException:
+            if _rank() == 0:
+                discard_empty_run_dir(plan)
+            raise
     except KeyboardInterrupt:
         from distgan.checkpoint import latest_checkpoint
 
@@ -326,7 +331,7 @@ def _endpoints(z: Any, path: Path) -> Any:
 @_report_errors
 def evaluate(
     source: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_ONNX", help="A run directory (or its generator/ folder, or a checkpoint) or an ONNX file written by distgan export.")],
-    n: Annotated[int, typer.Option(help="Number of generated samples to measure.")] = 10_000,
+    n: Annotated[int, typer.Option(help="Number of generated samples to measure; at least 2,500 for MNIST, the size of each real half that the Fréchet distance compares with.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Seed of the latents; the same seed measures the same samples.")] = 0,
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Evaluate G_ema (default) or the raw generator G of the latest checkpoint; run directories only.")] = True,
     out: Annotated[Optional[Path], typer.Option(help="Folder for the JSON results and the PNG; default: <run>/evaluation.")] = None,

@@ -29,6 +29,8 @@ CONFIG_HEADER = "# Resolved configuration of this run, written by distgan."
 AUGMENT_TRANSFORMS = ("color", "translation", "cutout")  # the DiffAugment transforms of distgan.augment
 
 MAX_DEPTH = 16  # a bound on --depth, so that a mistyped value fails at once instead of filling the memory
+MIN_DEPTH = {"dcgan": 0, "dense": 1}  # the dcgan pair works without extra convolutions, the dense pair needs a layer
+LEGACY_DEPTH = {"dcgan": 0, "dense": 3}  # the depth of each built-in pair before depth was a configuration key
 
 # Options that may change when a run resumes; every other key must match the saved run.
 RESUMABLE_KEYS = ("steps", "log_every", "sample_every", "checkpoint_every", "num_workers", "cpu",
@@ -48,7 +50,7 @@ class TrainConfig:
     channels: int | None = None
     z_dim: int | None = None
     width: int | None = None
-    depth: int | None = None  # extra 3x3 convolutions per resolution of the dcgan pair; None: models.DEFAULT_DEPTH
+    depth: int | None = None  # dcgan: extra 3x3 convs per resolution; dense: hidden layers; None: models.DEFAULT_DEPTH
     batch_size: int | None = None  # None: the default of the data kind (see run.KIND_DEFAULTS)
     steps: int | None = None
     ema: bool = True
@@ -169,6 +171,8 @@ def build_config(file: str | Path | None = None, overrides: dict[str, Any] | Non
     values: dict[str, Any] = {}
     if file is not None:
         values.update(load_toml(file))
+        if Path(file).read_text(encoding="utf-8").startswith(CONFIG_HEADER):
+            _fill_legacy_depth(values)  # a run's config.toml describes that run's networks, also as a template
     explicit = {key: value for key, value in (overrides or {}).items() if value is not None}
     values.update(coerce_values(explicit, "the command line"))
     config = TrainConfig(**values)
@@ -219,8 +223,10 @@ def validate(config: TrainConfig) -> None:
     for key in ("resolution", "channels", "z_dim", "width"):
         value = getattr(config, key)
         _require(value is None or value >= 1, f"{option(key)} must be at least 1, got {value}")
-    _require(config.depth is None or 0 <= config.depth <= MAX_DEPTH,
-             f"{option('depth')} must be between 0 and {MAX_DEPTH}, got {config.depth}")
+    if config.depth is not None:
+        low = MIN_DEPTH.get(config.model, 0)
+        _require(low <= config.depth <= MAX_DEPTH, f"{option('depth')} must be between {low} and {MAX_DEPTH}"
+                 f"{'' if config.model in MIN_DEPTH else ' (from 1 for the dense model)'}, got {config.depth}")
     _require(config.channels in (None, 1, 3), f"{option('channels')} must be 1 or 3, got {config.channels}")
     for key in ("r1_gamma", "gp_weight"):
         value = getattr(config, key)
@@ -287,10 +293,15 @@ def save_toml(config: TrainConfig, path: str | Path) -> None:
 def load_saved(path: str | Path) -> TrainConfig:
     """Read a config.toml written by save_toml().
 
-    A dcgan run saved without a depth was written before the option existed,
-    when the pair had no extra convolutions, so its depth is 0.
+    A run saved without a depth was written before the option existed, when
+    the dcgan pair had no extra convolutions and the dense pair three hidden
+    layers, so its depth is 0 or 3.
     """
     values = load_toml(path)
-    if values.get("model") == "dcgan":
-        values.setdefault("depth", 0)
+    _fill_legacy_depth(values)
     return TrainConfig(**values)
+
+
+def _fill_legacy_depth(values: dict[str, Any]) -> None:
+    if values.get("model") in LEGACY_DEPTH:
+        values.setdefault("depth", LEGACY_DEPTH[values["model"]])

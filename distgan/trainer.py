@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import gc
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,8 +123,14 @@ class Trainer:
             architecture = {"model": "custom", "class": f"{G_class.__module__}.{G_class.__qualname__}"}
         else:
             architecture = default_architecture(cfg.model, self.data.kind, self.data.sample_shape, cfg.z_dim,
-                                                cfg.width, self.num_classes, cfg.depth or 0)
-            G, D = build_generator(architecture), build_discriminator(architecture)
+                                                cfg.width, self.num_classes, cfg.depth)
+            try:
+                G, D = build_generator(architecture), build_discriminator(architecture)
+            except (MemoryError, RuntimeError) as error:  # torch's allocators raise RuntimeError
+                if not isinstance(error, MemoryError) and "allocate" not in str(error):
+                    raise
+                raise ConfigError(f"not enough memory for the {cfg.model} pair of width {cfg.width} and depth "
+                                  f"{cfg.depth}; lower --width or --depth") from None
         if cfg.spectral_norm:
             D = apply_spectral_norm(D)
         if cfg.sync_bn:
@@ -549,6 +556,19 @@ class Trainer:
         logger.info("saved checkpoint %s", path)
         prune_checkpoints(self.run_dir, self.config.keep_checkpoints, protected=self.resume_from)
 
+    def _architecture_difference(self, path: Path) -> str:
+        """Name the generator keys whose values differ between the checkpoint's record and this run's models."""
+        try:
+            saved = json.loads((path / "generator.json").read_text(encoding="utf-8"))["architecture"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+        if not isinstance(saved, dict) or not isinstance(saved.get("generator"), dict):
+            return ""
+        mine = {"model": self.architecture.get("model"), **self.architecture.get("generator", {})}
+        theirs = {"model": saved.get("model"), **saved["generator"]}
+        keys = [key for key in mine if key in theirs and mine[key] != theirs[key]]
+        return "; ".join(f"{key} is {theirs[key]} in the checkpoint and {mine[key]} in this run" for key in keys)
+
     def _load(self, path: Path) -> int:
         models, optimizers, state = load_checkpoint(path)
         if self.G_ema is not None and "G_ema" not in models:
@@ -579,10 +599,17 @@ class Trainer:
         # load_state_dict raises RuntimeError for other shapes or names and ValueError or KeyError for
         # optimizer state of other parameter groups.
         except (RuntimeError, ValueError, KeyError) as error:
-            text = str(error).strip()
-            reason = text.splitlines()[0] if text else type(error).__name__
-            raise CheckpointError(f"checkpoint {path} does not fit the models of this run: {reason}. It belongs "
-                                  "to another architecture; resume it with the config.toml of the run that "
-                                  "wrote it, or start a new run with another --out") from None
+            reason = self._architecture_difference(path) or _first_details(error)
+            raise CheckpointError(f"checkpoint {path} does not fit the models of this run ({reason}). It belongs "
+                                  "to another architecture: make the run's config.toml describe it (model, "
+                                  "width, depth, z_dim), or start a new run with another --out") from None
         logger.info("resumed from %s at step %d", path, state["step"])
         return int(state["step"])
+
+
+def _first_details(error: Exception, limit: int = 3) -> str:
+    """Return the first `limit` lines of a load_state_dict error after its heading, joined into one line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        lines = lines[1:]
+    return "; ".join(lines[:limit]) or type(error).__name__

@@ -46,9 +46,21 @@ def test_unknown_config_key(tmp_path: Path):
     (["--model", "gan"], "invalid model (--model) 'gan'; choose one of auto, dense, dcgan"),
     (["--resolution", "30"], "resolution of base * 2**n"),
     (["--batch-size", "0"], "batch_size (--batch-size) must be at least 1"),
+    (["--data", "ring8", "--depth", "0"], "depth (--depth) is the number of hidden layers of the dense model"),
+    (["--data", "ring8", "--augment", "color"], "augment transforms apply to images"),
 ])
 def test_invalid_option_values(tmp_path: Path, args: list[str], fragment: str):
-    assert_user_error(run_distgan("train", "--steps", "1", *args, cwd=tmp_path), fragment)
+    assert_user_error(run_distgan("train", "--steps", "1", "--out", "rejected", *args, cwd=tmp_path), fragment)
+    assert not (tmp_path / "rejected").exists()  # a rejected run leaves no folder behind
+
+
+def test_networks_too_large_for_the_memory(tmp_path: Path):
+    # A hidden layer of 2e7 x 2e7 floats needs 1.6 PB, more than any address space, so the allocation fails.
+    result = run_distgan("train", "--cpu", "--data", "ring8", "--width", "20000000", "--steps", "1", "--out", "big",
+                         cwd=tmp_path)
+    assert_user_error(result, "not enough memory for the dense pair of width 20000000 and depth 4",
+                      "lower --width or --depth")
+    assert not (tmp_path / "big").exists()  # the folder this command made is removed again
 
 
 def test_resume_without_run(tmp_path: Path):

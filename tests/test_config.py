@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from distgan.config import TrainConfig, build_config, load_saved, resumed_config, save_toml
+from distgan.config import CONFIG_HEADER, TrainConfig, build_config, load_saved, resumed_config, save_toml
 from distgan.errors import ConfigError
 
 
@@ -16,8 +16,8 @@ def test_defaults_validate():
 @pytest.mark.parametrize(("data", "expected"), [
     ("mnist", {"batch_size": 128, "steps": 3500, "lr_g": 5e-4, "lr_d": 5e-4, "r1_gamma": 0.1,
                "beta1": 0.0, "beta2": 0.99, "model": "dcgan", "depth": 1}),
-    ("grid25", {"batch_size": 256, "steps": 40000, "lr_g": 5e-4, "lr_d": 5e-4, "r1_gamma": 0.1,
-                "beta1": 0.5, "beta2": 0.999, "model": "dense", "depth": None}),
+    ("grid25", {"batch_size": 256, "steps": 60000, "lr_g": 5e-4, "lr_d": 5e-4, "r1_gamma": 0.1,
+                "beta1": 0.5, "beta2": 0.999, "model": "dense", "depth": 4}),
 ])
 def test_defaults_per_data_kind(data: str, expected: dict):
     from distgan.data import open_data
@@ -85,8 +85,10 @@ def test_malformed_values(tmp_path: Path, text: str, fragment: str):
         ({"lr_d": -1.0}, "lr_d (--lr-d) must be a positive learning rate"),
         ({"beta2": 1.0}, "beta2 (--beta2) must be in [0, 1)"),
         ({"channels": 2}, "channels (--channels) must be 1 or 3"),
-        ({"depth": -1}, "depth (--depth) must be between 0 and 16, got -1"),
-        ({"depth": 10**20}, "depth (--depth) must be between 0 and 16, got 100000000000000000000"),
+        ({"depth": -1}, "depth (--depth) must be between 0 and 16 (from 1 for the dense model), got -1"),
+        ({"depth": 10**20}, "must be between 0 and 16 (from 1 for the dense model), got 100000000000000000000"),
+        ({"model": "dense", "depth": 17}, "depth (--depth) must be between 1 and 16, got 17"),
+        ({"model": "dcgan", "depth": -1}, "depth (--depth) must be between 0 and 16, got -1"),
         ({"mixed_precision": "fp8"}, "invalid mixed_precision (--mixed-precision) 'fp8'"),
         ({"sample_every": -1}, "sample_every (--sample-every) must be 0 (off) or more"),
     ],
@@ -108,22 +110,38 @@ def test_toml_round_trip(tmp_path: Path):
     assert load_saved(tmp_path / "config.toml") == config
 
 
-def test_depth_rejected_for_dense_model():
+def test_depth_per_model():
     from distgan.data import open_data
     from distgan.run import resolve_config
 
     assert resolve_config(build_config(None, {"depth": 0}), open_data("mnist", None, None)).depth == 0
-    with pytest.raises(ConfigError, match="depth \\(--depth\\) sets the extra convolutions of the dcgan model, but "
-                                          "this run uses the dense model; remove it"):
-        resolve_config(build_config(None, {"data": "ring8", "depth": 2}), open_data("ring8", None, None))
+    ring8 = open_data("ring8", None, None)
+    assert resolve_config(build_config(None, {"data": "ring8", "depth": 2}), ring8).depth == 2
+    mnist_dense = build_config(None, {"model": "dense"})
+    assert resolve_config(mnist_dense, open_data("mnist", None, None)).depth == 3
+    with pytest.raises(ConfigError, match="depth \\(--depth\\) is the number of hidden layers of the dense model, so "
+                                          "it must be at least 1, got 0"):
+        resolve_config(build_config(None, {"data": "ring8", "depth": 0}), ring8)
 
 
-def test_load_saved_dcgan_without_depth(tmp_path: Path):
+def test_load_saved_without_depth(tmp_path: Path):
     path = tmp_path / "config.toml"
     path.write_text('model = "dcgan"\nwidth = 64\n')  # a run saved before depth was a key
     assert load_saved(path).depth == 0
     path.write_text('model = "dense"\nwidth = 256\n')
-    assert load_saved(path).depth is None
+    assert load_saved(path).depth == 3
+    path.write_text('model = "dense"\nwidth = 256\ndepth = 5\n')
+    assert load_saved(path).depth == 5
+
+
+def test_saved_config_as_template_keeps_legacy_depth(tmp_path: Path):
+    path = tmp_path / "config.toml"
+    path.write_text(f'{CONFIG_HEADER}\nmodel = "dense"\ndata = "ring8"\n')  # written by distgan before depth
+    assert build_config(path, {}).depth == 3
+    path.write_text('model = "dense"\ndata = "ring8"\n')  # written by hand: the default applies later
+    assert build_config(path, {}).depth is None
+    path.write_text(f'{CONFIG_HEADER}\nmodel = "dense"\ndata = "ring8"\n')
+    assert build_config(path, {"depth": 5}).depth == 5
 
 
 def test_resume_allows_only_resumable_changes():

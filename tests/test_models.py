@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from distgan.errors import ConfigError
 from distgan.models import build_discriminator, build_generator, default_architecture
@@ -48,6 +49,26 @@ def test_dcgan_record_without_depth():
     plain = default_architecture("dcgan", "image", [1, 28, 28], z_dim=8, width=8, depth=0)
     assert build_generator(record).state_dict().keys() == build_generator(plain).state_dict().keys()
     assert build_discriminator(record).state_dict().keys() == build_discriminator(plain).state_dict().keys()
+
+
+@pytest.mark.parametrize(("kind", "shape", "depth", "hidden"), [
+    ("points", [2], None, [8, 8, 8, 8]),
+    ("points", [2], 1, [8]),
+    ("image", [1, 28, 28], None, [8, 16, 32]),
+    ("image", [1, 28, 28], 5, [8, 16, 32, 32, 32]),
+])
+def test_dense_depth_is_the_hidden_layer_count(kind: str, shape: list, depth, hidden: list):
+    record = default_architecture("dense", kind, shape, z_dim=4, width=8, depth=depth)
+    G, D = build_generator(record), build_discriminator(record)
+    assert [layer.out_features for layer in G.net if isinstance(layer, nn.Linear)][:-1] == hidden
+    assert [layer.out_features for layer in D.net if isinstance(layer, nn.Linear)][:-1] == hidden[::-1]
+    assert list(G(torch.randn(3, 4)).shape) == [3, *shape]
+    assert list(D(torch.randn(3, *shape)).shape) == [3]
+
+
+def test_dense_depth_zero_is_rejected():
+    with pytest.raises(ConfigError, match="the dense model needs a depth of at least 1, got 0"):
+        default_architecture("dense", "points", [2], z_dim=4, width=8, depth=0)
 
 
 def test_dense_points_output_is_unbounded():

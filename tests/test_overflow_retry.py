@@ -28,7 +28,8 @@ def make_runner(scale: float | None) -> tuple[AdversarialStep, torch.nn.Module, 
     accelerator = Accelerator(cpu=True)
     if scale is not None:
         accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=1000)
-    record = default_architecture("dense", "points", [2], 4, 16)
+    # Three hidden layers: with the batch() below, D's backward pass overflows float32 at HUGE_SCALE.
+    record = default_architecture("dense", "points", [2], 4, 16, depth=3)
     G, D = build_generator(record), build_discriminator(record)
     opt_G, opt_D = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
     G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)

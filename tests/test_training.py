@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -64,16 +65,32 @@ def test_resume_is_exact_on_one_process(tmp_path: Path):
             assert (straight[key] == split[key]).all(), f"{name}.{key} differs after resume"
 
 
-def test_resume_run_saved_without_depth(tmp_path: Path):
-    common = ["train", "--cpu", "--batch-size", "8", "--width", "8", "--log-every", "2", "--checkpoint-every", "2",
-              "--sample-every", "0", "--out", "run"]
-    assert_ok(run_distgan(*common, "--steps", "2", "--depth", "0", cwd=tmp_path))
+@pytest.mark.parametrize(("data", "legacy_depth"), [("mnist", 0), ("ring8", 3)])
+def test_resume_run_saved_without_depth(tmp_path: Path, data: str, legacy_depth: int):
+    common = ["train", "--cpu", "--data", data, "--batch-size", "8", "--width", "8", "--log-every", "2",
+              "--checkpoint-every", "2", "--sample-every", "0", "--out", "run"]
+    assert_ok(run_distgan(*common, "--steps", "2", "--depth", str(legacy_depth), cwd=tmp_path))
     config = tmp_path / "run" / "config.toml"
-    # A run written before depth was a key has no such line, and its checkpoints contain the plain pair.
+    # A run written before depth was a key has no such line. Its checkpoints contain the plain dcgan pair
+    # or the dense pair with three hidden layers.
     config.write_text("".join(line for line in config.read_text().splitlines(True) if not line.startswith("depth")))
     assert_ok(run_distgan(*common, "--steps", "4", cwd=tmp_path))
     assert (tmp_path / "run" / "checkpoints" / "step-0000004").is_dir()
-    assert "depth = 0" in config.read_text()
+    assert f"depth = {legacy_depth}" in config.read_text()
+
+
+def test_resume_names_the_architecture_difference(tmp_path: Path):
+    common = ["train", "--cpu", "--data", "ring8", "--batch-size", "8", "--width", "8", "--log-every", "2",
+              "--checkpoint-every", "2", "--sample-every", "0", "--out", "run"]
+    assert_ok(run_distgan(*common, "--steps", "2", "--depth", "4", cwd=tmp_path))
+    config = tmp_path / "run" / "config.toml"
+    saved = "".join(line for line in config.read_text().splitlines(True) if not line.startswith("depth"))
+    config.write_text(saved)  # read as the three layers of a run saved before depth was a key
+    result = run_distgan(*common, "--steps", "4", cwd=tmp_path)
+    assert_user_error(result, "hidden is [8, 8, 8, 8] in the checkpoint and [8, 8, 8] in this run",
+                      "make the run's config.toml describe it")
+    assert sorted(path.name for path in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-0000002"]
+    assert config.read_text() == saved
 
 
 def test_resume_never_refuses_existing_checkpoints(mnist_run: Path, tmp_path: Path):

@@ -151,7 +151,7 @@ def test_decay_sets_optimizer_learning_rates(tmp_path: Path, decay_start: float,
 def test_decay_default_per_data_kind():
     points = resolve_config(build_config(None, {"data": "grid25"}), open_data("grid25", None, None))
     images = resolve_config(build_config(None, {"data": "mnist"}), open_data("mnist", None, None))
-    assert points.lr_decay_start == 0.5
+    assert points.lr_decay_start == 0.3
     assert images.lr_decay_start == 1.0
 
 
