@@ -224,9 +224,15 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, key)
         _require(value is None or value >= 1, f"{option(key)} must be at least 1, got {value}")
     if config.depth is not None:
-        low = MIN_DEPTH.get(config.model, 0)
-        _require(low <= config.depth <= MAX_DEPTH, f"{option('depth')} must be between {low} and {MAX_DEPTH}"
-                 f"{'' if config.model in MIN_DEPTH else ' (from 1 for the dense model)'}, got {config.depth}")
+        if config.model in MIN_DEPTH:
+            low = MIN_DEPTH[config.model]
+            _require(low <= config.depth <= MAX_DEPTH,
+                     f"{option('depth')} must be between {low} and {MAX_DEPTH} for the {config.model} model, "
+                     f"got {config.depth}")
+        else:  # --model auto: the data set picks the model later, and resolve_config checks its lower bound
+            _require(0 <= config.depth <= MAX_DEPTH,
+                     f"{option('depth')} must be between 0 and {MAX_DEPTH} for the dcgan model (images) and between "
+                     f"1 and {MAX_DEPTH} for the dense model (2D data), got {config.depth}")
     _require(config.channels in (None, 1, 3), f"{option('channels')} must be 1 or 3, got {config.channels}")
     for key in ("r1_gamma", "gp_weight"):
         value = getattr(config, key)

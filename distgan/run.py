@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from distgan.checkpoint import CHECKPOINTS, latest_checkpoint, list_checkpoints
-from distgan.config import (CONFIG_HEADER, MIN_DEPTH, TrainConfig, build_config, load_saved, load_toml, option,
-                            resumed_config)
+from distgan.config import (CONFIG_HEADER, MAX_DEPTH, MIN_DEPTH, TrainConfig, build_config, load_saved, load_toml,
+                            option, resumed_config)
 from distgan.data import DataSet, open_data
 from distgan.data.mixtures import MIXTURES
 from distgan.errors import CheckpointError, ConfigError
@@ -53,7 +53,7 @@ class RunPlan:
     config: TrainConfig
     data: DataSet
     resume_from: Path | None
-    created_run_dir: bool = False  # plan_run made the run directory; discard_empty_run_dir() may remove it
+    created_root: Path | None = None  # the outermost folder that plan_run made for the run directory, if any
 
 
 def default_name(data: str) -> str:
@@ -88,8 +88,8 @@ def resolve_config(config: TrainConfig, data: DataSet) -> TrainConfig:
     check_data_options(config, data)
     model = default_model(data.kind) if config.model == "auto" else config.model
     if config.depth is not None and config.depth < MIN_DEPTH[model]:
-        raise ConfigError(f"{option('depth')} is the number of hidden layers of the {model} model, so it must be at "
-                          f"least {MIN_DEPTH[model]}, got {config.depth}")
+        raise ConfigError(f"{option('depth')} is the number of hidden layers of the {model} model, so it must be "
+                          f"between {MIN_DEPTH[model]} and {MAX_DEPTH}, got {config.depth}")
     depth = default_depth(model, data.kind) if config.depth is None else config.depth
     image = data.kind == "image"
     name = config.name or data.name
@@ -140,26 +140,43 @@ def plan_run(config_file: str | Path | None, overrides: dict[str, Any], resume: 
     resolved = resolve_config(config.replace(out=str(run_dir)), data)
     default_architecture(resolved.model, data.kind, data.sample_shape, resolved.z_dim, resolved.width,
                          depth=resolved.depth)  # a ConfigError for a shape the model cannot produce
-    created = not run_dir.exists()
+    created = _outermost_missing(run_dir)
     check_writable(run_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         lock_run_dir(run_dir)
     return RunPlan(resolved, data, checkpoint, created)
 
 
+def _outermost_missing(path: Path) -> Path | None:
+    """Return the outermost folder of `path` (itself or an ancestor) that does not exist yet, or None."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
 def discard_empty_run_dir(plan: RunPlan) -> None:
-    """Remove the run directory that plan_run() made when a failed run wrote nothing into it but its lock."""
+    """Undo what plan_run() wrote when a failed run wrote nothing else into the run directory.
+
+    The lock file goes, and so do the run directory and its parents up to the
+    outermost folder that plan_run() made. Folders that existed before stay.
+    """
     run_dir = Path(plan.config.out)
-    if not plan.created_run_dir or not run_dir.is_dir():
-        return
-    if any(path.name != LOCK_FILE for path in run_dir.iterdir()):
+    if not run_dir.is_dir() or any(path.name != LOCK_FILE for path in run_dir.iterdir()):
         return
     release_run_dir(run_dir)
     try:
         (run_dir / LOCK_FILE).unlink(missing_ok=True)
-        run_dir.rmdir()
+        if plan.created_root is None:
+            return
+        for folder in (run_dir, *run_dir.parents):
+            folder.rmdir()  # raises OSError when another process wrote into it in the meantime
+            if folder == plan.created_root:
+                break
     except OSError:
-        pass  # Another process wrote into it in the meantime, so it stays.
+        pass
 
 
 def check_not_foreign(run_dir: Path) -> None:

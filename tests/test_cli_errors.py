@@ -62,6 +62,14 @@ def test_networks_too_large_for_the_memory(tmp_path: Path):
                       "lower --width or --depth")
     assert not (tmp_path / "big").exists()  # the folder this command made is removed again
 
+    common = ["train", "--cpu", "--data", "ring8", "--width", "20000000", "--steps", "1"]
+    assert_user_error(run_distgan(*common, "--out", "nest/a/b", cwd=tmp_path), "not enough memory")
+    assert not (tmp_path / "nest").exists()  # and so are the parents it made
+    (tmp_path / "mine").mkdir()
+    assert_user_error(run_distgan(*common, "--out", "mine", cwd=tmp_path), "not enough memory")
+    assert (tmp_path / "mine").is_dir()  # a folder that existed before stays, without the lock file
+    assert list((tmp_path / "mine").iterdir()) == []
+
 
 def test_resume_without_run(tmp_path: Path):
     assert_user_error(run_distgan("train", "--out", "nothing", "--resume", "latest", cwd=tmp_path),

@@ -85,10 +85,11 @@ def test_malformed_values(tmp_path: Path, text: str, fragment: str):
         ({"lr_d": -1.0}, "lr_d (--lr-d) must be a positive learning rate"),
         ({"beta2": 1.0}, "beta2 (--beta2) must be in [0, 1)"),
         ({"channels": 2}, "channels (--channels) must be 1 or 3"),
-        ({"depth": -1}, "depth (--depth) must be between 0 and 16 (from 1 for the dense model), got -1"),
-        ({"depth": 10**20}, "must be between 0 and 16 (from 1 for the dense model), got 100000000000000000000"),
-        ({"model": "dense", "depth": 17}, "depth (--depth) must be between 1 and 16, got 17"),
-        ({"model": "dcgan", "depth": -1}, "depth (--depth) must be between 0 and 16, got -1"),
+        ({"depth": -1}, "depth (--depth) must be between 0 and 16 for the dcgan model (images) and between 1 and "
+                        "16 for the dense model (2D data), got -1"),
+        ({"depth": 10**20}, "for the dense model (2D data), got 100000000000000000000"),
+        ({"model": "dense", "depth": 17}, "depth (--depth) must be between 1 and 16 for the dense model, got 17"),
+        ({"model": "dcgan", "depth": -1}, "depth (--depth) must be between 0 and 16 for the dcgan model, got -1"),
         ({"mixed_precision": "fp8"}, "invalid mixed_precision (--mixed-precision) 'fp8'"),
         ({"sample_every": -1}, "sample_every (--sample-every) must be 0 (off) or more"),
     ],
@@ -120,7 +121,7 @@ def test_depth_per_model():
     mnist_dense = build_config(None, {"model": "dense"})
     assert resolve_config(mnist_dense, open_data("mnist", None, None)).depth == 3
     with pytest.raises(ConfigError, match="depth \\(--depth\\) is the number of hidden layers of the dense model, so "
-                                          "it must be at least 1, got 0"):
+                                          "it must be between 1 and 16, got 0"):
         resolve_config(build_config(None, {"data": "ring8", "depth": 0}), ring8)
 
 

@@ -116,11 +116,14 @@ def test_fid_without_weights_says_how_to_provide_them(mnist_run: Path, tmp_path:
     assert_user_error(result, f"the file from --inception-weights was not found: {missing}")
 
 
-def test_evaluate_errors(grid_run: Path, tmp_path: Path):
+def test_evaluate_errors(grid_run: Path, mnist_run: Path, tmp_path: Path):
     assert_user_error(run_distgan("evaluate", str(tmp_path / "missing"), cwd=tmp_path), "not found")
     assert_user_error(run_distgan("evaluate", str(grid_run / "generator.onnx"), "--no-ema", cwd=tmp_path),
                       "--no-ema applies to run directories")
     assert_user_error(run_distgan("evaluate", str(grid_run), "--n", "1", cwd=tmp_path), "--n must be at least 2")
+    assert_user_error(run_distgan("evaluate", str(mnist_run), "--n", "2000", "--out", "few", cwd=tmp_path),
+                      "compares 2,500 generated digits with real ones", "pass --n 2500 or more (got 2000)")
+    assert not (tmp_path / "few").exists()  # rejected before any sample or picture is written
     assert_user_error(run_distgan("evaluate", str(grid_run), "--fid", cwd=tmp_path), "FID and KID apply to images")
     config = grid_run / "config.toml"
     assert_user_error(run_distgan("evaluate", str(config), cwd=tmp_path), "neither a run directory nor an .onnx file")

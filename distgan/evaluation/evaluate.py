@@ -71,6 +71,16 @@ def _check_request(request: EvaluationRequest) -> None:
         raise EvaluationError(f"--batch-size must be at least 1, got {request.batch_size}")
 
 
+def _check_mnist_samples(samples: int) -> None:
+    from distgan.data.mnist import load_mnist
+    from distgan.evaluation.digits import real_halves
+
+    half = len(real_halves(len(load_mnist()[0]))[0])
+    if samples < half:
+        raise EvaluationError(f"the MNIST Fréchet distance compares {half:,} generated digits with real ones; "
+                              f"pass --n {half} or more (got {samples})")
+
+
 def _tag(request: EvaluationRequest, info: GeneratorInfo) -> str:
     if request.source.is_file():
         return request.source.stem
@@ -107,9 +117,6 @@ def _digits(context: EvalContext, images: np.ndarray, labels: np.ndarray | None,
     real = pixels_to_float(torch.from_numpy(pixels[rows.start : rows.stop])).numpy()
     real_features = context.gather(classify(classifier, real, batch_size, context.device)[0])
     half_a, half_b = real_halves(len(pixels))
-    if len(features) < len(half_a):
-        raise EvaluationError(f"the MNIST Fréchet distance compares {len(half_a)} generated digits with real ones; "
-                              f"pass --n {len(half_a)} or more (got {len(features)})")
     metrics = digit_metrics(features, probabilities, real_features[half_a], real_features[half_b], labels)
     return {**metrics.to_dict(), "classifier": describe(metadata)}
 
@@ -184,6 +191,8 @@ def run_evaluation(request: EvaluationRequest, context: EvalContext) -> Evaluati
     started = time.perf_counter()
     sampler = open_sampler(request.source, request.raw, request.providers)
     info = sampler.info
+    if info.kind == "image" and info.data == "mnist":
+        _check_mnist_samples(request.samples)
     tag = _tag(request, info)
     out_dir = request.out or sampler.output_dir / EVALUATION_DIR
     fid = info.kind == "image" and (request.fid if request.fid is not None else info.data != "mnist")
