@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import gc
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +32,10 @@ from distgan.augment import DiffAugment
 from distgan.checkpoint import (
     CHECKPOINTS,
     GENERATOR,
+    GENERATOR_RECORD,
     checkpoint_name,
     load_checkpoint,
+    read_generator_record,
     remove_stale_temporaries,
     save_checkpoint,
 )
@@ -559,10 +560,10 @@ class Trainer:
     def _architecture_difference(self, path: Path) -> str:
         """Name the generator keys whose values differ between the checkpoint's record and this run's models."""
         try:
-            saved = json.loads((path / "generator.json").read_text(encoding="utf-8"))["architecture"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return ""
-        if not isinstance(saved, dict) or not isinstance(saved.get("generator"), dict):
+            saved = read_generator_record(path / GENERATOR_RECORD)["architecture"]
+        except CheckpointError:
+            return ""  # no readable record: the caller falls back to torch's message
+        if not isinstance(saved.get("generator"), dict):
             return ""
         mine = {"model": self.architecture.get("model"), **self.architecture.get("generator", {})}
         theirs = {"model": saved.get("model"), **saved["generator"]}

@@ -71,14 +71,17 @@ def _check_request(request: EvaluationRequest) -> None:
         raise EvaluationError(f"--batch-size must be at least 1, got {request.batch_size}")
 
 
-def _check_mnist_samples(samples: int) -> None:
+def _real_digits(samples: int) -> np.ndarray:
+    """Return the embedded MNIST digits, or raise EvaluationError when `samples` is below one real half."""
     from distgan.data.mnist import load_mnist
     from distgan.evaluation.digits import real_halves
 
-    half = len(real_halves(len(load_mnist()[0]))[0])
+    pixels, _ = load_mnist()
+    half = len(real_halves(len(pixels))[0])
     if samples < half:
         raise EvaluationError(f"the MNIST Fréchet distance compares {half:,} generated digits with real ones; "
                               f"pass --n {half} or more (got {samples})")
+    return pixels
 
 
 def _tag(request: EvaluationRequest, info: GeneratorInfo) -> str:
@@ -99,10 +102,10 @@ def _mixture(info: GeneratorInfo, points: np.ndarray, picture: Path) -> dict[str
     return mixture_metrics(points, centers, mixture.std).to_dict()
 
 
-def _digits(context: EvalContext, images: np.ndarray, labels: np.ndarray | None, batch_size: int) -> dict[str, Any]:
+def _digits(context: EvalContext, images: np.ndarray, labels: np.ndarray | None, batch_size: int,
+            pixels: np.ndarray) -> dict[str, Any]:
     import torch
 
-    from distgan.data.mnist import load_mnist
     from distgan.data.sources import pixels_to_float
     from distgan.evaluation.classifier import describe, load_classifier
     from distgan.evaluation.digits import classify, digit_metrics, real_halves
@@ -112,7 +115,6 @@ def _digits(context: EvalContext, images: np.ndarray, labels: np.ndarray | None,
     features, probabilities = classify(classifier, images, batch_size, context.device)
     features, probabilities = context.gather(features), context.gather(probabilities)
 
-    pixels, _ = load_mnist()
     rows = context.shard(len(pixels))
     real = pixels_to_float(torch.from_numpy(pixels[rows.start : rows.stop])).numpy()
     real_features = context.gather(classify(classifier, real, batch_size, context.device)[0])
@@ -191,8 +193,8 @@ def run_evaluation(request: EvaluationRequest, context: EvalContext) -> Evaluati
     started = time.perf_counter()
     sampler = open_sampler(request.source, request.raw, request.providers)
     info = sampler.info
-    if info.kind == "image" and info.data == "mnist":
-        _check_mnist_samples(request.samples)
+    # Read before any sample is generated, so that too small an --n is rejected before anything is written.
+    real_digits = _real_digits(request.samples) if info.kind == "image" and info.data == "mnist" else None
     tag = _tag(request, info)
     out_dir = request.out or sampler.output_dir / EVALUATION_DIR
     fid = info.kind == "image" and (request.fid if request.fid is not None else info.data != "mnist")
@@ -213,8 +215,8 @@ def run_evaluation(request: EvaluationRequest, context: EvalContext) -> Evaluati
         picture = out_dir / f"{tag}-samples.png"
         if context.is_main_process:
             _grid(sampler, info, z, picture)
-        if info.data == "mnist":
-            metrics["digits"] = _digits(context, local, labels, request.batch_size)
+        if real_digits is not None:
+            metrics["digits"] = _digits(context, local, labels, request.batch_size, real_digits)
         if inception is not None:
             metrics["inception"] = _inception(context, request, info, local, *inception)
     if not context.is_main_process:
