@@ -32,9 +32,9 @@ DEFAULT_Z_DIM = {"image": 64, "points": 2}
 RESUME_MODES = ("auto", "latest", "never")
 # Options left unset take these values per data kind (BENCHMARKS.md has the measurements). The 2D
 # mixtures need more steps, larger batches and a decaying learning rate to cover their modes and leave
-# few samples between them. Decay from 30 % of the steps keeps ring8 from losing a mode at the full rate,
-# which decay from 50 % did not in a measured run. With R1 on, images learn several times faster per step with Adam betas
-# (0, 0.99) than with DCGAN's (0.5, 0.999), but those betas make the mixtures find fewer modes in the
+# few samples between them. Decay from 30 % of the steps kept ring8 from losing a mode at the full rate,
+# which decay from 50 % did not in a measured run. With R1 on, images learn several times faster per step
+# with Adam betas (0, 0.99) than with DCGAN's (0.5, 0.999), but those betas make the mixtures find fewer modes in the
 # same number of steps. With the default dcgan pair, batch 128 and learning rates 5e-4 keep improving
 # the digits to the last step, where batch 64 or 1e-3 get worse again after 2,500 to 3,000 steps.
 # NOTE: the image settings were measured on 28-pixel MNIST digits only. Larger images use them untested.

@@ -27,8 +27,8 @@ ARCHITECTURES: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
 # resolution at width 32 trains as fast per step as the plain pair at width 64 and reaches a Fréchet
 # distance several times lower. Larger images use them untested; their top layers are wider (width * 2**(n-1)).
 DEFAULT_WIDTH = {"dense": 256, "dcgan": 32}
-# Depth by model and data kind: extra 3x3 convolutions per resolution of the dcgan pair; hidden layers of
-# the dense pair. Four dense layers put more samples on the 2D modes than three (BENCHMARKS.md).
+# Depth by model and data kind: the extra 3x3 convolutions per resolution of the dcgan pair, and the hidden
+# layers of the dense pair. Four dense layers put more samples on the 2D modes than three (BENCHMARKS.md).
 DEFAULT_DEPTH = {("dcgan", "image"): 1, ("dense", "image"): 3, ("dense", "points"): 4}
 
 
@@ -38,10 +38,10 @@ def default_depth(model: str, kind: str) -> int:
 
 
 def dense_hidden(kind: str, width: int, depth: int) -> list[int]:
-    """Return the hidden layer sizes of the dense generator; the discriminator takes them in reverse.
+    """Return the hidden layer sizes of the dense generator. The discriminator takes them in reverse.
 
     For images the sizes double over the first three layers (width, 2 x width, 4 x width) and stay at
-    4 x width after that; for points every layer has `width` units.
+    4 x width after that. For points every layer has `width` units.
     """
     if kind == "image":
         return [width * 2 ** min(layer, 2) for layer in range(depth)]
@@ -129,7 +129,7 @@ __all__ = [
     "build_generator",
     "default_architecture",
     "default_depth",
-    "dense_hidden",
     "default_model",
+    "dense_hidden",
     "has_parametrizations",
 ]
